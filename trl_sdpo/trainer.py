@@ -1,0 +1,6 @@
+"""Placeholder: being written."""
+from trl import DPOTrainer
+
+
+class SDPOTrainer(DPOTrainer):
+    pass
