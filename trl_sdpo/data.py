@@ -154,7 +154,9 @@ def merge_rejected_columns(dataset: Dataset, prefix: str = "rejected") -> Datase
     merged = dataset.map(merge, remove_columns=columns, desc="Merging rejected columns")
     short = sum(1 for r in merged["rejected"] if len(r) < len(columns))
     if short:
-        logger.warning("merge_rejected_columns: %d rows had empty negatives and now hold fewer than %d.", short, len(columns))
+        logger.warning(
+            "merge_rejected_columns: %d rows had empty negatives and now hold fewer than %d.", short, len(columns)
+        )
     return merged
 
 
@@ -193,7 +195,9 @@ def tokenize_completions(
         prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True, **apply_chat_template_kwargs)[
             "input_ids"
         ]
-        full_ids = [_tokenize(processing_class, prompt + c, **apply_chat_template_kwargs)["input_ids"] for c in completions]
+        full_ids = [
+            _tokenize(processing_class, prompt + c, **apply_chat_template_kwargs)["input_ids"] for c in completions
+        ]
     prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
     if prompt_len < len(prompt_ids):
         _warn_prefix_mismatch(processing_class.decode(prompt_ids[prompt_len:]))
