@@ -3,25 +3,42 @@
 Not to be confused with TRL's unrelated `trl.experimental.sdpo.SDPOTrainer` (self-distillation).
 """
 
-from .collator import DataCollatorForMultiNegativePreference, pad_multi_completion
-from .config import SDPOConfig
-from .data import merge_rejected_columns
-from .logprobs import completion_logps
-from .loss import sdpo_loss
-from .trainer import SDPOTrainer
-
-SoftmaxDPOTrainer = SDPOTrainer
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DataCollatorForMultiNegativePreference",
-    "SDPOConfig",
-    "SDPOTrainer",
-    "SoftmaxDPOTrainer",
-    "completion_logps",
-    "merge_rejected_columns",
-    "pad_multi_completion",
-    "sdpo_loss",
-    "__version__",
-]
+# Names are imported on first use: importing torch and trl takes seconds, and `trl_sdpo.rec` (data loading, the
+# `trl-sdpo data` command) should not pay for them.
+_EXPORTS = {
+    "DataCollatorForMultiNegativePreference": "collator",
+    "pad_multi_completion": "collator",
+    "SDPOConfig": "config",
+    "merge_rejected_columns": "data",
+    "completion_logps": "logprobs",
+    "sdpo_loss": "loss",
+    "SDPOTrainer": "trainer",
+    "SoftmaxDPOTrainer": "trainer",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from .collator import DataCollatorForMultiNegativePreference, pad_multi_completion
+    from .config import SDPOConfig
+    from .data import merge_rejected_columns
+    from .logprobs import completion_logps
+    from .loss import sdpo_loss
+    from .trainer import SDPOTrainer, SoftmaxDPOTrainer
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -57,7 +57,7 @@ class SDPOConfig(DPOConfig):
                 f"SDPOTrainer computes the S-DPO loss (the softmax generalization of `loss_type='sigmoid'`); got "
                 f"loss_type={self.loss_type}. Leave `loss_type` at its default."
             )
-        for name in ("ld_alpha", "use_weighting"):
+        for name in ("ld_alpha", "use_weighting", "label_smoothing", "loss_weights"):
             if getattr(self, name, None):
                 raise ValueError(f"`{name}` is a DPO variant that SDPOTrainer does not implement; unset it.")
         if getattr(self, "f_divergence_type", "reverse_kl") != "reverse_kl":

@@ -323,3 +323,6 @@ class SDPOTrainer(DPOTrainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, return_outputs=False)
         return loss.detach(), None, None
+
+
+SoftmaxDPOTrainer = SDPOTrainer
