@@ -27,7 +27,7 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 from .collator import DataCollatorForMultiNegativePreference
 from .config import SDPOConfig
 from .data import row_format, tokenize_completions, validate_row
-from .logprobs import completion_logps
+from .logprobs import add_completion_logps_head, completion_logps
 from .loss import sdpo_loss
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,11 @@ class SDPOTrainer(DPOTrainer):
                 pad_to_multiple_of=args.pad_to_multiple_of if isinstance(args.pad_to_multiple_of, int) else None,
                 num_negatives=args.num_negatives,
             )
+        # Our completion log-prob head must be on the models before accelerate wraps them (the reference model is
+        # prepared inside DPOTrainer.__init__); models loaded from a path by the parent get it right after.
+        for module in (model, ref_model):
+            if isinstance(module, torch.nn.Module):
+                add_completion_logps_head(module)
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -143,6 +148,9 @@ class SDPOTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        for module in (self.model, self.ref_model):
+            if module is not None:
+                add_completion_logps_head(module)
 
     # ------------------------------------------------------------------ data
 
