@@ -179,3 +179,24 @@ def test_num_negatives_takes_the_first_k(tmp_path):
     full = loss_of(ROWS)
     assert capped == pytest.approx(sliced, abs=1e-7)
     assert capped != pytest.approx(full, abs=1e-4)
+
+
+def test_shared_prefix_and_rows_give_the_same_loss_and_gradients(tmp_path):
+    tokenizer = make_tokenizer()
+    policy = make_model("llama")
+    ref = perturbed_copy(policy)
+    rows = [{**r, "rejected": r["rejected"][: i % 3 + 1]} for i, r in enumerate(ROWS)]  # variable k
+    results = {}
+    for prefix_sharing in (True, False):
+        trainer = SDPOTrainer(
+            copy.deepcopy(policy),
+            ref_model=copy.deepcopy(ref),
+            args=SDPOConfig(str(tmp_path), beta=1.0, prefix_sharing=prefix_sharing, **COMMON),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+        results[prefix_sharing] = loss_and_grads(trainer)
+    (shared_loss, shared_grads), (rows_loss, rows_grads) = results[True], results[False]
+    torch.testing.assert_close(shared_loss, rows_loss, atol=1e-6, rtol=0)
+    for name, grad in rows_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
