@@ -232,15 +232,9 @@ def build_preference_dataset(
     else:
         if model is None or tokenizer is None:
             raise ValueError("strategy='model' scores the candidates with a model and needs `model` and `tokenizer`.")
-        from .ranking import score_candidates  # lazy: pulls in torch and the core log-prob code
+        from .ranking import score_examples  # lazy: pulls in torch and the core log-prob code
 
-        scores = score_candidates(
-            model,
-            tokenizer,
-            [e.prompt for e in examples],
-            [list(e.candidates) for e in examples],
-            batch_size=batch_size,
-        )
+        scores = score_examples(model, tokenizer, examples, batch_size=batch_size)
         negatives = [
             [title for _, title in sorted(w, key=lambda pt, s=s: (-s[pt[0]], pt[0]))[:num_negatives]]
             for w, s in zip(wrong, scores)

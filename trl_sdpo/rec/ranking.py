@@ -101,6 +101,13 @@ def score_candidates(
     return scores
 
 
+def score_examples(model: Any, tokenizer: Any, examples: Sequence[Any], **kwargs: Any) -> list[list[float]]:
+    """[`score_candidates`] over examples' prompts and candidate titles (`RecExample`s); kwargs are passed on."""
+    return score_candidates(
+        model, tokenizer, [e.prompt for e in examples], [list(e.candidates) for e in examples], **kwargs
+    )
+
+
 def evaluate_ranking(
     model: Any,
     tokenizer: Any,
@@ -132,11 +139,10 @@ def evaluate_ranking(
         if example.target not in example.candidates:
             raise ValueError(f"Row {i}: the target {example.target!r} is not among its `candidates`.")
         target_indices.append(list(example.candidates).index(example.target))
-    scores = score_candidates(
+    scores = score_examples(
         model,
         tokenizer,
-        [e.prompt for e in examples],
-        [list(e.candidates) for e in examples],
+        examples,
         batch_size=batch_size,
         prefix_sharing=prefix_sharing,
         show_progress=show_progress,
