@@ -304,6 +304,24 @@ def test_deep_copy_of_a_patched_model_uses_its_own_weights():
     )
 
 
+def test_deep_copy_after_trls_patch_uses_its_own_weights():
+    # The demo's path: ranking patches the model, an SFT trainer adds TRL's fused head on top (a closure over this
+    # instance's forward), then the SFT model is deep-copied as the S-DPO reference.
+    model = make_model("llama").eval()
+    add_completion_logps_head(model)
+    add_fused_lm_head(model)
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in copied.parameters():
+            p.mul_(1.5)
+    fresh = make_model("llama").eval()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.mul_(1.5)
+    expected = separate_passes(fresh)
+    torch.testing.assert_close(completion_logps(copied, **batch_of()).double(), expected, atol=1e-5, rtol=0)
+
+
 def test_left_padded_masks_are_rejected_naming_the_row():
     batch = batch_of()
     batch["prompt_attention_mask"][1] = batch["prompt_attention_mask"][1].flip(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transformers.utils import is_torch_bf16_gpu_available
 from trl import DPOConfig
 
 
@@ -15,7 +16,8 @@ class SDPOConfig(DPOConfig):
     Every `DPOConfig` / `TrainingArguments` parameter keeps its meaning. S-DPO computes one loss,
     `softplus(logsumexp_j(beta * (r_j - r_w)))`, so `loss_type` must stay `["sigmoid"]` (the k=1 case it generalizes)
     and `beta` is its temperature. Note on `beta`: the S-DPO paper uses `beta=1.0` for recommendation (and studies
-    0.1-5), while TRL's default, kept here, is 0.1; pass `beta=1.0` to reproduce the paper.
+    0.1-5), while TRL's default, kept here, is 0.1; pass `beta=1.0` to reproduce the paper. Unlike `DPOConfig`,
+    `bf16` left unset means bf16 only where a bf16-capable GPU is present, so the default config works on a CPU.
 
     Parameters:
         > Parameters that control the negatives
@@ -49,6 +51,10 @@ class SDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        # DPOConfig turns bf16 on whenever fp16 is off, and TrainingArguments then refuses to start on a machine
+        # without a bf16 accelerator (a plain CPU). Keep TRL's default where bf16 is available, fp32 elsewhere.
+        if self.bf16 is None and not self.fp16 and not is_torch_bf16_gpu_available():
+            self.bf16 = False
         super().__post_init__()
         if self.num_negatives is not None and self.num_negatives < 1:
             raise ValueError(f"`num_negatives` must be at least 1 or None, got {self.num_negatives}.")

@@ -148,6 +148,7 @@ def _make_forward(class_forward):
         hidden = hidden.flatten(0, 1).index_select(0, positions.to(hidden.device))
         return CompletionLogpsOutput(log_probs=_head_log_probs(self, hidden, targets))
 
+    forward._trl_sdpo_wrapper = True
     return forward
 
 
@@ -164,8 +165,15 @@ def add_completion_logps_head(model: torch.nn.Module) -> None:
     prepare time, and a patch added afterwards would run outside that autocast.
     """
     base = _unwrap(model)
-    # A marker on the instance, not on the function: accelerate re-wraps the patched forward at prepare time
-    if base.__dict__.get("_trl_sdpo_head", False):
+    # A marker on the instance, not on the function: accelerate re-wraps the patched forward at prepare time. It holds
+    # the instance's id so that a `copy.deepcopy` (which copies the marker) is patched again: a patch stacked on top of
+    # ours by TRL's `add_fused_lm_head` closes over the *original* instance's forward, so without a patch of its own a
+    # deep-copied reference model would silently run the policy's weights.
+    if base.__dict__.get("_trl_sdpo_head") == id(base):
+        return
+    current = base.__dict__.get("forward")
+    if getattr(getattr(current, "__func__", None), "_trl_sdpo_wrapper", False) and current.__self__ is base:
+        base._trl_sdpo_head = id(base)  # a deep copy of a model whose top forward is ours: already bound to the copy
         return
     if base.get_output_embeddings() is None:
         raise ValueError(f"{type(base).__name__} has no output embeddings: completion_logps needs a causal LM head.")
@@ -179,7 +187,7 @@ def add_completion_logps_head(model: torch.nn.Module) -> None:
     if "forward" in base.__dict__:
         base._trl_sdpo_inner_forward = base.forward
     base.forward = types.MethodType(_make_forward(type(base).forward), base)
-    base._trl_sdpo_head = True
+    base._trl_sdpo_head = id(base)
 
 
 @dataclass

@@ -1,0 +1,214 @@
+"""The `trl-sdpo` command line, run in-process through `trl_sdpo.cli.main` on tiny models and small slices."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from tiny import make_model, make_tokenizer
+
+from trl_sdpo.cli import COMMANDS, main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+LASTFM = SHARED / "data" / "lastfm"
+needs_recbole = pytest.mark.skipif(
+    importlib.util.find_spec("recbole") is None, reason="MovieLens-100K ships in the recbole wheel (not installed)"
+)
+needs_lastfm = pytest.mark.skipif(not LASTFM.is_dir(), reason=f"LastFM data not found at {LASTFM}")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random Llama and its tokenizer saved like any Hugging Face checkpoint."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = make_tokenizer()
+    make_model("llama", tokenizer=tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# Short prompts (5 candidates, few rows) keep each model run to seconds.
+SMALL = ["--dataset", "movielens", "--num_candidates", "5", "--seed", "0"]
+TINY_TRAINING = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "no",
+]
+TINY_TRAINING += ["--max_length", "2048", "--activation_checkpointing", "false", "--report_to", "none"]
+
+
+# ---------------------------------------------------------------------------------------------------------- help
+def test_top_level_help_lists_every_command_with_an_example(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("data", "sft", "train", "eval", "demo"):
+        assert f"\n  {name} " in out
+    assert "trl-sdpo demo" in out and "examples:" in out
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_help_shows_its_flags_with_help_text(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: trl-sdpo {command}")
+    expected = {
+        "data": ["--export", "--leak_check", "--sampler", "--report"],
+        "sft": ["--model", "--use_peft", "--learning_rate", "--completion_only_loss", "--report"],
+        "train": ["--model", "--num_negatives", "--beta", "--negative_strategy", "--report"],
+        "eval": ["--model", "--split", "--max_new_tokens", "--report"],
+        "demo": ["--train_rows", "--eval_rows", "--sft_steps", "--eval_split", "--report"],
+    }[command]
+    for flag in expected:
+        assert flag in out, flag
+
+
+def test_unknown_command_fails_with_the_list_of_commands(capsys):
+    assert main(["fit"]) == 2
+    assert "unknown command 'fit'" in capsys.readouterr().err
+
+
+def test_train_defaults_are_the_papers_beta_and_negatives():
+    from trl_sdpo.commands.training import make_train_parser
+
+    *_, config = make_train_parser().parse_args_and_config([])
+    assert (config.beta, config.num_negatives) == (1.0, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+@needs_recbole
+def test_data_export_writes_reference_format_json(tmp_path):
+    out = tmp_path / "ml-valid.json"
+    assert main(["data", "--dataset", "movielens", "--split", "valid", "--max_rows", "7", "--export", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert isinstance(rows, list) and len(rows) == 7
+    for row in rows:
+        assert set(row) == {"historyList", "itemList", "trueSelection"}
+        history = row["historyList"].split("::")
+        assert 3 <= len(history) <= 10 and all(history)
+        assert len(row["itemList"]) == 20 and row["trueSelection"] in row["itemList"]
+    # The toolkit's own validator of the reference format accepts it.
+    from trl_sdpo.rec.loaders import load_sdpo_json
+
+    assert load_sdpo_json(out) == rows
+
+
+@needs_lastfm
+def test_data_export_sdpo_compat_reproduces_the_reference_file_byte_for_byte(tmp_path):
+    out = tmp_path / "lastfm-val.json"
+    argv = ["data", "--dataset", "lastfm", "--data-dir", str(LASTFM), "--split", "valid", "--sampler", "sdpo-compat"]
+    assert main([*argv, "--export", str(out)]) == 0
+    assert out.read_bytes() == (LASTFM / "sdpo_format" / "lastfm-val.json").read_bytes()
+
+
+@needs_lastfm
+def test_data_leak_check_report_flags_the_compat_lists(tmp_path, capsys):
+    report = tmp_path / "leak.json"
+    argv = ["data", "--dataset", "lastfm", "--data_dir", str(LASTFM), "--sampler", "sdpo-compat", "--leak-check"]
+    assert main([*argv, "--report", str(report)]) == 0
+    result = json.loads(report.read_text())["leak_check"]
+    assert result["split"] == "valid" and result["sampler"] == "sdpo-compat"
+    assert result["hr@1"] > 0.9  # the reference lists give the target away (README of the data)
+    assert "LEAK" in capsys.readouterr().out
+
+
+@needs_recbole
+def test_data_leak_check_report_on_the_default_sampler_is_near_chance(tmp_path):
+    report = tmp_path / "leak.json"
+    assert main(["data", "--dataset", "movielens", "--split", "test", "--leak-check", "--report", str(report)]) == 0
+    result = json.loads(report.read_text())["leak_check"]
+    assert result["split"] == "test" and abs(result["hr@1"] - 1 / 20) < 0.02
+
+
+@needs_recbole
+def test_data_summary_prints_counts_and_a_sample_prompt(capsys, tmp_path):
+    report = tmp_path / "summary.json"
+    assert main(["data", *SMALL, "--split", "valid", "--max_rows", "3", "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "sample prompt" in out and "Answer:" in out
+    assert json.loads(report.read_text())["num_rows"] == 3
+
+
+def test_missing_data_dir_is_an_error_naming_what_to_pass(capsys):
+    assert main(["data", "--dataset", "lastfm"]) == 1
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_missing_model_path_is_an_error_saying_what_to_pass(capsys, tmp_path):
+    argv = ["eval", "--model", str(tmp_path / "no-such-model"), "--max_rows", "2", "--no_baselines"]
+    assert main(argv) == 1
+    assert "no-such-model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- sft, train, eval
+@needs_recbole
+def test_sft_train_eval_chain_on_a_tiny_model(tiny_model_dir, tmp_path):
+    sft_dir, sdpo_dir = tmp_path / "sft", tmp_path / "sdpo"
+    sft_report, train_report, eval_report = (tmp_path / f"{n}.json" for n in ("sft", "train", "eval"))
+
+    argv = ["sft", *SMALL, "--max_rows", "4", "--model", tiny_model_dir, *TINY_TRAINING, "--use_peft"]
+    assert main([*argv, "--output_dir", str(sft_dir), "--report", str(sft_report)]) == 0
+    assert (sft_dir / "config.json").is_file()  # LoRA merged: a plain checkpoint
+    sft = json.loads(sft_report.read_text())
+    assert sft["num_rows"] == 4 and sft["train"]["train_loss"] > 0
+
+    argv = ["train", *SMALL, "--max_rows", "4", "--model", str(sft_dir), *TINY_TRAINING, "--num_negatives", "2"]
+    assert main([*argv, "--output_dir", str(sdpo_dir), "--report", str(train_report)]) == 0
+    train = json.loads(train_report.read_text())
+    assert train["settings"]["SDPOArguments"]["num_negatives"] == 2
+    assert train["settings"]["SDPOArguments"]["beta"] == 1.0
+    # At the first step the policy is the reference: every reward is 0 and the loss is log(1 + k).
+    first = next(entry for entry in train["log_history"] if "loss" in entry)
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert first["loss"] == pytest.approx(math.log(3), abs=1e-4)
+
+    argv = ["eval", *SMALL, "--max_rows", "3", "--model", str(sdpo_dir), "--max_new_tokens", "4"]
+    assert main([*argv, "--report", str(eval_report)]) == 0
+    result = json.loads(eval_report.read_text())
+    assert result["split"] == "valid" and result["num_rows"] == 3
+    assert result["generation"]["n"] == 3 and 0 <= result["generation"]["valid_ratio"] <= 1
+    assert result["ranking"]["n"] == 3 and result["ranking"]["hr@1"] <= result["ranking"]["hr@5"]
+    assert set(result["baselines"]) == {"random", "popular"}
+
+
+@needs_recbole
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_demo_runs_end_to_end_on_a_tiny_model(lora, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = [
+        "demo",
+        "--model",
+        tiny_model_dir,
+        "--output_dir",
+        str(out),
+        "--num_candidates",
+        "5",
+        "--max_length",
+        "2048",
+    ]
+    argv += ["--train_rows", "4", "--eval_rows", "3", "--sft_steps", "1", "--sdpo_steps", "2", "--batch_size", "2"]
+    assert main(argv + ["--sdpo_learning_rate", "1e-2"] + (["--use_peft"] if lora else [])) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["stages"]) == ["base", "sft", "s-dpo"]
+    assert report["num_eval_rows"] == 3
+    for metrics in report["stages"].values():
+        assert {"generation", "ranking"} <= set(metrics)
+    # S-DPO starts from the SFT model and uses it as the reference: at the first step every reward is 0 and the
+    # loss is log(1 + k) with k = 3 negatives.
+    first, second = [entry for entry in report["training"]["s-dpo"]["log_history"] if "loss" in entry]
+    assert first["loss"] == pytest.approx(math.log(4), abs=1e-4)
+    # ... and the reference stays the SFT model while the policy moves: rewards are no longer all 0.
+    assert second["rewards/margins"] != 0.0
+    printed = capsys.readouterr().out
+    assert "ValidRatio" in printed and "popular (baseline)" in printed
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

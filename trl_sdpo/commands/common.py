@@ -1,0 +1,169 @@
+"""What the subcommands share: parsing, loading rows and models, LoRA, evaluation and the JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from trl import TrlParser
+
+from .args import ModelArguments, RecRowsArguments
+
+logger = logging.getLogger("trl_sdpo.cli")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Flag defaults shown, and the description's examples kept line by line."""
+
+
+def make_parser(command: str, description: str, dataclass_types: list, **defaults: Any) -> TrlParser:
+    """A `TrlParser` over `dataclass_types` with a short usage line (argparse would otherwise list every flag)."""
+    parser = TrlParser(
+        dataclass_types,
+        prog=f"trl-sdpo {command}",
+        usage=f"trl-sdpo {command} [flags]   (also: --config FILE.yaml)",
+        description=description,
+        formatter_class=_HelpFormatter,
+    )
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def parse(parser: TrlParser, argv: list[str]) -> tuple:
+    return parser.parse_args_and_config(argv)
+
+
+def cpu_training_defaults() -> dict[str, Any]:
+    """TRL turns bf16 on by default, which `TrainingArguments` rejects on a machine without a bf16 accelerator."""
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    return {} if is_torch_bf16_gpu_available() else {"bf16": False}
+
+
+def setup_logging() -> None:
+    logging.basicConfig(format="%(message)s", level=logging.INFO, stream=sys.stdout, force=False)
+    logger.setLevel(logging.INFO)
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def load_rec_dataset(data_args: RecRowsArguments):
+    """The dataset named by `--dataset` / `--data_dir` (rec's loaders raise errors naming what is missing)."""
+    from ..rec.loaders import load_dataset_by_name
+
+    return load_dataset_by_name(data_args.dataset, data_dir=data_args.data_dir, min_history=data_args.min_history)
+
+
+def build_rec_examples(dataset, data_args: RecRowsArguments, split: str, seed: int, max_rows: int | None = None):
+    """Rows of `split` with candidates and prompts, as `rec.builders.RecExample`s."""
+    from ..rec.builders import build_examples
+
+    return build_examples(
+        dataset,
+        split,
+        num_candidates=data_args.num_candidates,
+        sampler=data_args.sampler,
+        seed=seed,
+        conversational=data_args.conversational,
+        paraphrase=data_args.paraphrase,
+        max_rows=max_rows if max_rows is not None else data_args.max_rows,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+def load_model(model_args: ModelArguments):
+    """(model, tokenizer) from `--model`, or the embedded SmolLM2-135M-Instruct when it is not given."""
+    import torch
+
+    from ..rec.models import load_model_and_tokenizer
+
+    dtype = getattr(torch, model_args.dtype)
+    return load_model_and_tokenizer(model_args.model_name_or_path, cache_dir=model_args.model_cache_dir, dtype=dtype)
+
+
+def lora_config(model_args: ModelArguments):
+    """The LoRA adapter of `--use_peft`, or None for full fine-tuning."""
+    if not model_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    targets = model_args.lora_target_modules
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
+    )
+
+
+def plain_model(model, merge: bool = True):
+    """A trained model without adapters: LoRA merged into the weights (a no-op for full fine-tuning)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and merge:
+        return model.merge_and_unload()
+    return model
+
+
+def save_model(model, tokenizer, output_dir: str, merge: bool = True) -> None:
+    """Save a model that `--model output_dir` loads again: merged weights (or the adapter) plus the tokenizer."""
+    model = plain_model(model, merge)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    logger.info(f"Saved the model to {output_dir}")
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate_model(model, tokenizer, examples, eval_args, show_progress: bool = True) -> dict[str, Any]:
+    """Generation (HR@1, ValidRatio) and ranking (HR@1, HR@5, NDCG@5, MRR) metrics of one model on `examples`."""
+    from ..rec.evaluate import evaluate_generation
+    from ..rec.ranking import evaluate_ranking
+
+    was_training = model.training
+    model.eval()
+    results: dict[str, Any] = {}
+    if eval_args.generation:
+        generation = evaluate_generation(
+            model,
+            tokenizer,
+            examples,
+            batch_size=eval_args.batch_size,
+            max_new_tokens=eval_args.max_new_tokens,
+            return_records=eval_args.save_responses,
+        )
+        results["generation"] = generation
+    if eval_args.ranking:
+        results["ranking"] = evaluate_ranking(model, tokenizer, examples, batch_size=eval_args.batch_size)
+    model.train(was_training)
+    return results
+
+
+def evaluate_baselines(dataset, examples, seed: int) -> dict[str, dict]:
+    from ..rec.baselines import popularity_baseline, random_baseline
+
+    return {"random": random_baseline(examples, seed=seed), "popular": popularity_baseline(dataset, examples)}
+
+
+# --------------------------------------------------------------------------------------------------------- report
+def settings(*args_objects) -> dict[str, Any]:
+    """The parsed arguments of a run, for its report (TRL configs through their own `to_dict`)."""
+    out: dict[str, Any] = {}
+    for obj in args_objects:
+        out[type(obj).__name__] = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+    return out
+
+
+def write_report(path: str | None, report: dict[str, Any]) -> None:
+    """Write `report` as JSON to `path` (parent folders created); nothing when `path` is None."""
+    if not path:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"Report written to {path}")
