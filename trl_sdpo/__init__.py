@@ -21,7 +21,17 @@ _EXPORTS = {
     "SoftmaxDPOTrainer": "trainer",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "DataCollatorForMultiNegativePreference",
+    "SDPOConfig",
+    "SDPOTrainer",
+    "SoftmaxDPOTrainer",
+    "__version__",
+    "completion_logps",
+    "merge_rejected_columns",
+    "pad_multi_completion",
+    "sdpo_loss",
+]
 
 if TYPE_CHECKING:
     from .collator import DataCollatorForMultiNegativePreference, pad_multi_completion
