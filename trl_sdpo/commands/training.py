@@ -176,18 +176,25 @@ def _save_and_report(command, model, tokenizer, metrics, dataset, split, num_row
     return 0
 
 
-def run_sft(argv: list[str]) -> int:
-    parsed = parse(make_sft_parser(), argv)
+def _load_inputs(parsed):
+    """What `sft` and `train` both start from: the dataset, the train and eval examples, the model."""
     data_args, model_args, cmd_args, args = parsed
     setup_logging()
-    from ..rec.builders import build_sft_dataset
-
     start = time.perf_counter()
     dataset = load_rec_dataset(data_args)
     split = data_args.split or "train"
     examples = build_rec_examples(dataset, data_args, split, seed=args.seed)
     eval_examples = _eval_examples(dataset, data_args, args, cmd_args)
     model, tokenizer = load_model(model_args)
+    return start, dataset, split, examples, eval_examples, model, tokenizer
+
+
+def run_sft(argv: list[str]) -> int:
+    parsed = parse(make_sft_parser(), argv)
+    data_args, model_args, cmd_args, args = parsed
+    from ..rec.builders import build_sft_dataset
+
+    start, dataset, split, examples, eval_examples, model, tokenizer = _load_inputs(parsed)
     logger.info(f"SFT on {len(examples)} {dataset.name} {split} rows")
     model, metrics = train_sft(
         model,
@@ -203,13 +210,7 @@ def run_sft(argv: list[str]) -> int:
 def run_train(argv: list[str]) -> int:
     parsed = parse(make_train_parser(), argv)
     data_args, model_args, cmd_args, args = parsed
-    setup_logging()
-    start = time.perf_counter()
-    dataset = load_rec_dataset(data_args)
-    split = data_args.split or "train"
-    examples = build_rec_examples(dataset, data_args, split, seed=args.seed)
-    eval_examples = _eval_examples(dataset, data_args, args, cmd_args)
-    model, tokenizer = load_model(model_args)
+    start, dataset, split, examples, eval_examples, model, tokenizer = _load_inputs(parsed)
 
     def preference_rows(rows):
         return build_preference_rows(
