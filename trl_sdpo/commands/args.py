@@ -260,7 +260,13 @@ class DemoArguments:
     train_rows: int = field(default=96, metadata={"help": "Train rows (a seeded sample) for SFT and S-DPO."})
     eval_rows: int = field(default=60, metadata={"help": "Rows of --eval_split (a seeded sample) per evaluation."})
     num_candidates: int = field(default=20, metadata={"help": "Candidates per row, the target included."})
-    conversational: bool = field(default=False, metadata={"help": "Chat-message prompts instead of plain text."})
+    conversational: bool = field(
+        default=True,
+        metadata={
+            "help": "Chat-message prompts through the model's chat template (the default model is an instruct model: "
+            "on plain-text prompts it answers with an immediate end of turn). --conversational false for plain text."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of everything: rows, candidates, negatives, training."})
     use_peft: bool = field(
         default=False,
