@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from datasets import Dataset
+from reference import float64_sequence_logp
 from tiny import make_model, make_tokenizer
 from trl import DPOConfig, DPOTrainer
 
@@ -87,17 +88,6 @@ def test_k1_equals_trl_dpo_sigmoid(tmp_path, prefix_sharing):
     # The logged metrics agree under TRL's names too
     for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen"):
         assert sdpo._metrics["train"][name][-1] == pytest.approx(dpo._metrics["train"][name][-1], abs=1e-5)
-
-
-def float64_sequence_logp(model, tokenizer, prompt, completion):
-    """Log-prob of `completion` (+EOS) after `prompt` from one plain forward pass, in float64."""
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    full = tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
-    assert full[: len(prompt_ids)] == prompt_ids
-    with torch.no_grad():
-        logits = model(torch.tensor([full])).logits[0].double()
-    logprobs = logits.log_softmax(-1)
-    return sum(logprobs[t - 1, full[t]].item() for t in range(len(prompt_ids), len(full)))
 
 
 def float64_sdpo_loss(policy, ref, tokenizer, rows, beta):

@@ -74,20 +74,25 @@ def make_train_parser():
 
 
 # ---------------------------------------------------------------------------------------------- training steps
-def train_sft(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
-    """Run TRL's SFTTrainer; returns the trained model (a PeftModel with `peft_config`) and the train metrics."""
-    from trl import SFTTrainer
-
-    trainer = SFTTrainer(
+def _fit(trainer_class, model, tokenizer, train_dataset, args, peft_config, eval_dataset, **extra) -> tuple[Any, dict]:
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
+        **extra,
     )
     output = trainer.train()
     return trainer.model, {"train": output.metrics, "log_history": trainer.state.log_history}
+
+
+def train_sft(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
+    """Run TRL's SFTTrainer; returns the trained model (a PeftModel with `peft_config`) and the train metrics."""
+    from trl import SFTTrainer
+
+    return _fit(SFTTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset)
 
 
 def train_sdpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
@@ -101,17 +106,7 @@ def train_sdpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dat
     from ..trainer import SDPOTrainer
 
     ref_model = reference_copy(model) if peft_config is None else None
-    trainer = SDPOTrainer(
-        model=model,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    output = trainer.train()
-    return trainer.model, {"train": output.metrics, "log_history": trainer.state.log_history}
+    return _fit(SDPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model)
 
 
 def reference_copy(model):
