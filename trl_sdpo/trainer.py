@@ -1,6 +1,6 @@
 """`SDPOTrainer`: TRL's `DPOTrainer` with one chosen and k rejected completions per row and the S-DPO loss.
 
-Only what assumes exactly two completions is replaced (see `../shared/notes/trl-dpo-internals.md`, TRL 1.16):
+Only what assumes exactly two completions is replaced (`docs/design.md` lists the hooks and why, TRL 1.16):
 dataset preparation, the collator, the reference log-probs and the loss. Model loading, PEFT, reference-model
 handling, precomputation, evaluation, saving and logging are TRL's own.
 

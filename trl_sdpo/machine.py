@@ -1,0 +1,80 @@
+"""What machine and which packages produced a number: recorded beside every time and metric this project reports.
+
+CPU speed differs 2-2.5x between machines that look alike (AVX-512 or only AVX2), so a time without the CPU model
+and its vector extensions cannot be compared with another one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from typing import Any
+
+# The extensions that decide fp32/bf16 matrix-product speed on x86 CPUs (what PyTorch's kernels dispatch on).
+_SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "trl-sdpo")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key == "flags":
+                    flags = set(value.split())
+                if flags and key == "model name":
+                    break
+    except OSError:  # not Linux: the model from `platform`, no flags
+        pass
+    return model, flags
+
+
+def machine_info() -> dict[str, Any]:
+    """
+    The machine a number was measured on.
+
+    Returns:
+        `dict` with `"cpu_model"`, `"avx512"` (whether the CPU has AVX-512F), `"cpu_flags"` (which of the vector
+        extensions that matter for matrix products it has), `"logical_cpus"` (usable by this process),
+        `"torch_threads"`, `"gpu"` (the first CUDA device's name, or `None`) and `"platform"`.
+    """
+    import torch
+
+    model, flags = _cpuinfo()
+    try:
+        logical_cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        logical_cpus = os.cpu_count()
+    return {
+        "cpu_model": model,
+        "avx512": "avx512f" in flags,
+        "cpu_flags": [flag for flag in _SIMD_FLAGS if flag in flags],
+        "logical_cpus": logical_cpus,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+
+
+def describe_machine(info: dict[str, Any] | None = None) -> str:
+    """One line for a report: `"AMD EPYC 9R14, AVX-512, 2 CPUs (2 torch threads), no GPU"`."""
+    info = info or machine_info()
+    simd = "AVX-512" if info["avx512"] else ("AVX2, no AVX-512" if "avx2" in info["cpu_flags"] else "no AVX2")
+    gpu = info["gpu"] or "no GPU"
+    return f"{info['cpu_model']}, {simd}, {info['logical_cpus']} CPUs ({info['torch_threads']} torch threads), {gpu}"
+
+
+def package_versions() -> dict[str, str | None]:
+    """Python's and the main packages' versions (`None` for a package that is not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
