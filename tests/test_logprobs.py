@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from tiny import make_model
+from tolerances import FP32_EPS, FP32_ULPS, assert_fp32_close
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from trl.trainer.utils import add_fused_lm_head
@@ -69,7 +70,8 @@ def value_and_grads(model, compute):
     return logps.detach().double(), grads
 
 
-def assert_grads_close(grads, expected, rel=1e-5):
+def assert_grads_close(grads, expected, rel=FP32_ULPS * FP32_EPS):
+    # Norm-wise: fp32 rounding is relative to the size of the whole computation (see tolerances.py).
     assert grads.keys() == expected.keys()
     flat = torch.cat([g.flatten() for g in grads.values()])
     flat_expected = torch.cat([g.flatten() for g in expected.values()])
@@ -91,7 +93,7 @@ def test_matches_separate_forward_passes(arch, attn, prefix_sharing):
             model, lambda: completion_logps(model, **batch_of(), prefix_sharing=prefix_sharing)
         )
     assert logps.shape == (3, 3)
-    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=0)
+    assert_fp32_close(logps, expected)
     assert_grads_close(grads, expected_grads)
 
 
@@ -148,7 +150,7 @@ def test_plain_path_equals_shared_path_on_a_random_batch():
     batch = pad_multi_completion(prompts, completions, pad_token_id=0)
     shared, shared_grads = value_and_grads(model, lambda: completion_logps(model, **batch))
     rows, rows_grads = value_and_grads(model, lambda: completion_logps(model, **batch, prefix_sharing=False))
-    torch.testing.assert_close(shared, rows, atol=1e-5, rtol=0)
+    assert_fp32_close(shared, rows)
     assert_grads_close(shared_grads, rows_grads)
 
 
@@ -158,9 +160,7 @@ def test_empty_prompt_scores_completion_tokens_after_the_first():
     expected = separate_passes(model, prompts, completions)
     batch = pad_multi_completion(prompts, completions, pad_token_id=0, num_completions=3)
     for prefix_sharing in (True, False):
-        torch.testing.assert_close(
-            completion_logps(model, **batch, prefix_sharing=prefix_sharing).double(), expected, atol=1e-5, rtol=0
-        )
+        assert_fp32_close(completion_logps(model, **batch, prefix_sharing=prefix_sharing), expected)
 
 
 def _ignores_custom_masks(module, query, key, value, attention_mask, **kwargs):
@@ -179,8 +179,8 @@ def test_attention_without_custom_masks_falls_back_with_one_warning(monkeypatch)
         first = completion_logps(model, **batch_of())
         second = completion_logps(model, **batch_of())
     assert len([w for w in record if "Prefix sharing is off" in str(w.message)]) == 1
-    torch.testing.assert_close(first.double(), expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(second, first)
+    assert_fp32_close(first, expected)
+    torch.testing.assert_close(second, first, atol=0, rtol=0)  # the same call twice: same kernels, same order
 
 
 def test_flash_attention_falls_back():
@@ -197,7 +197,7 @@ def test_sliding_window_shorter_than_the_sequence_falls_back(monkeypatch):
     expected = separate_passes(model)
     with pytest.warns(UserWarning, match="sliding-window"):
         logps = completion_logps(model, **batch_of())
-    torch.testing.assert_close(logps.double(), expected, atol=1e-5, rtol=0)
+    assert_fp32_close(logps, expected)
 
 
 def test_chunked_lm_head_gives_the_same_result(monkeypatch):
@@ -211,9 +211,9 @@ def test_chunked_lm_head_gives_the_same_result(monkeypatch):
     rows, rows_grads = value_and_grads(model, lambda: completion_logps(model, **batch_of()))
     assert len(blocks) == 2 * 7 and all(shape[0] <= 3 for shape in blocks)  # 21 scored tokens; recomputed once
     with torch.no_grad():
-        torch.testing.assert_close(completion_logps(model, **batch_of()).double(), full, atol=1e-6, rtol=0)
-    torch.testing.assert_close(chunked, full, atol=1e-6, rtol=0)
-    torch.testing.assert_close(rows, full, atol=1e-6, rtol=0)
+        assert_fp32_close(completion_logps(model, **batch_of()), full)
+    assert_fp32_close(chunked, full)
+    assert_fp32_close(rows, full)
     assert_grads_close(chunked_grads, full_grads)
     assert_grads_close(rows_grads, full_grads)
 
@@ -225,7 +225,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
     model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
     model.train()  # checkpointing is only active in training mode; the tiny llama has no dropout
     logps, grads = value_and_grads(model, lambda: completion_logps(model, **batch_of()))
-    torch.testing.assert_close(logps, expected, atol=1e-6, rtol=0)
+    assert_fp32_close(logps, expected)
     assert_grads_close(grads, expected_grads)
 
 
@@ -238,7 +238,7 @@ def test_peft_lora_matches_the_adapted_model():
     expected, expected_grads = value_and_grads(peft_model, lambda: separate_passes(peft_model))
     logps, grads = value_and_grads(peft_model, lambda: completion_logps(peft_model, **batch_of()))
     assert any("lm_head.lora_" in name for name in grads) and all("lora_" in name for name in grads)
-    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=0)
+    assert_fp32_close(logps, expected)
     assert_grads_close(grads, expected_grads)
     # The adapter is live: without it the log-probs differ
     with peft_model.disable_adapter():
@@ -266,6 +266,8 @@ def test_bf16_runs_and_stays_close(mode):
         logps, grads = value_and_grads(model, lambda: completion_logps(model, **batch_of()))
     assert logps.dtype == torch.float64 and torch.isfinite(logps).all()  # float32 out, doubled by the helper
     assert all(torch.isfinite(g).all() for g in grads.values())
+    # bf16 keeps 8 significant bits (eps = 2**-7): rtol 0.02 is under 3 bf16 eps of the value, atol 0.1 covers the
+    # rounding of the ~10-magnitude terms near zero; fp32 bugs (a wrong mask) are still far outside.
     torch.testing.assert_close(logps, expected, atol=0.1, rtol=0.02)
 
 
@@ -279,13 +281,13 @@ def test_coexists_with_trls_fused_lm_head_in_either_order():
         if not trl_first:
             add_fused_lm_head(model)
         expected = separate_passes(model)
-        torch.testing.assert_close(completion_logps(model, **batch_of()).double(), expected, atol=1e-5, rtol=0)
+        assert_fp32_close(completion_logps(model, **batch_of()), expected)
         # TRL's own call still works on the same model
         ids = torch.tensor([PROMPTS[0] + COMPLETIONS[0][0]])
         labels = ids.clone()
         labels[:, : len(PROMPTS[0])] = -100
         trl_logps = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs.sum()
-        torch.testing.assert_close(trl_logps.double(), expected[0, 0], atol=1e-5, rtol=0)
+        assert_fp32_close(trl_logps, expected[0, 0])
         # and so does the plain forward
         assert model(input_ids=ids).logits.shape == (1, ids.shape[1], 300)
 
@@ -299,9 +301,7 @@ def test_deep_copy_of_a_patched_model_uses_its_own_weights():
             p.mul_(1.5)
     ids = torch.tensor([PROMPTS[0]])
     assert not torch.allclose(copied(ids).logits, model(ids).logits)
-    torch.testing.assert_close(
-        completion_logps(copied, **batch_of()).double(), separate_passes(copied), atol=1e-5, rtol=0
-    )
+    assert_fp32_close(completion_logps(copied, **batch_of()), separate_passes(copied))
 
 
 def test_deep_copy_after_trls_patch_uses_its_own_weights():
@@ -319,7 +319,7 @@ def test_deep_copy_after_trls_patch_uses_its_own_weights():
         for p in fresh.parameters():
             p.mul_(1.5)
     expected = separate_passes(fresh)
-    torch.testing.assert_close(completion_logps(copied, **batch_of()).double(), expected, atol=1e-5, rtol=0)
+    assert_fp32_close(completion_logps(copied, **batch_of()), expected)
 
 
 def test_left_padded_masks_are_rejected_naming_the_row():
