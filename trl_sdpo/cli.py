@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training", "S-DPO: one chosen + k rejected titles per prompt (SDPOTrainer); reference = --model."),
     "eval": ("evaluation", "Generation HR@1 / ValidRatio, ranking HR@1 / HR@5 / NDCG@5 / MRR, and baselines."),
     "demo": ("demo", "The whole path on MovieLens-100K + SmolLM2-135M: base -> SFT -> S-DPO, table, JSON, plot."),
+    "results": ("results", "docs/results.md from a study's run JSONs: tables, paired bootstrap, claim check."),
 }
 
 USAGE = """\

@@ -1,0 +1,280 @@
+"""Study analysis on synthetic run JSONs: metrics, mean ± std and paired bootstrap checked against hand computations."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trl_sdpo.cli import main
+from trl_sdpo.rec.study import (
+    compare_methods,
+    load_study,
+    paired_bootstrap,
+    row_values,
+    summary_table,
+)
+from trl_sdpo.rec.study_claims import claim_check, describe_claims
+from trl_sdpo.rec.study_report import results_markdown
+
+MACHINE = {
+    "cpu_model": "Test CPU 9000",
+    "avx512": True,
+    "cpu_flags": ["avx2", "fma", "avx512f"],
+    "logical_cpus": 2,
+    "torch_threads": 2,
+    "gpu": None,
+    "platform": "Linux",
+}
+BASELINES = ("random", "popular", "sasrec")
+
+
+def _metrics_from(ranks, hits, valid):
+    # Written out here rather than taken from trl_sdpo, so the loader's consistency check is tested against it.
+    n = len(ranks)
+    ranking = {
+        "hr@1": sum(r == 1 for r in ranks) / n,
+        "hr@5": sum(r <= 5 for r in ranks) / n,
+        "ndcg@5": sum(1 / math.log2(r + 1) for r in ranks if r <= 5) / n,
+        "mrr": sum(1 / r for r in ranks) / n,
+        "n": n,
+    }
+    generation = None
+    if hits is not None:
+        generation = {"hr@1": sum(hits) / n, "valid_ratio": sum(valid) / n, "n": n}
+        generation.update({"hr@1/strict": generation["hr@1"], "valid_ratio/strict": generation["valid_ratio"]})
+    return {"generation": generation, "ranking": ranking}
+
+
+def write_run(root: Path, split, method, seed, ranks, hits=None, valid=None, ids=None, **extra) -> Path:
+    """One schema-1 run JSON at <root>/<split>/<method>/seed<seed>.json."""
+    kind = extra.pop("kind", method)
+    if hits is not None and valid is None:
+        valid = [1] * len(ranks)
+    run = {
+        "schema": 1,
+        "study": "synthetic",
+        "preset": extra.pop("preset", "smoke"),
+        "method": method,
+        "kind": kind,
+        "seed": seed,
+        "split": split,
+        "config": extra.pop("config", {"model": "tiny", "train": {"lr": 1e-4, "seed": seed}}),
+        "metrics": _metrics_from(ranks, hits, valid),
+        "rows": {
+            "ids": ids or [f"{split}:{i}" for i in range(len(ranks))],
+            "target_rank": list(ranks),
+            "generation_hit": hits,
+            "generation_valid": valid if hits is not None else None,
+        },
+        "log_history": extra.pop("log_history", []),
+        "timings_s": extra.pop(
+            "timings_s", {"train": 10.0, "eval_generation": 2.0, "eval_ranking": 1.0, "total": 13.0}
+        ),
+        "versions": {"python": "3.12", "torch": "2.13.0"},
+        "machine": MACHINE,
+        "created": "2026-01-01T00:00:00",
+    }
+    run.update(extra)
+    path = root / split / method / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run))
+    return path
+
+
+def test_row_metrics_match_hand_computation(tmp_path):
+    write_run(tmp_path, "test", "sft", 0, [1, 2, 5, 6], hits=[1, 0, 0, 1], valid=[1, 1, 0, 1])
+    (run,) = load_study(tmp_path)
+    assert row_values(run, "ranking/hr@1").tolist() == [1, 0, 0, 0]
+    assert row_values(run, "ranking/hr@5").tolist() == [1, 1, 1, 0]
+    # 1/log2(2) = 1, 1/log2(3) = 0.630930, 1/log2(6) = 0.386853, rank 6 is outside the top 5.
+    np.testing.assert_allclose(row_values(run, "ranking/ndcg@5"), [1.0, 0.6309297535714575, 0.38685280723454163, 0.0])
+    np.testing.assert_allclose(row_values(run, "ranking/mrr"), [1.0, 0.5, 0.2, 1 / 6])
+    assert row_values(run, "generation/hr@1").tolist() == [1, 0, 0, 1]
+    assert row_values(run, "generation/valid_ratio").tolist() == [1, 1, 0, 1]
+
+
+def test_summary_mean_and_sample_std_over_seeds(tmp_path):
+    # ranking HR@1 0.25, 0.5, 0.75 -> mean 0.5, sample std sqrt((0.25^2 + 0 + 0.25^2) / 2) = 0.25.
+    # ValidRatio 1.0, 0.75, 0.5 -> mean 0.75, std 0.25. Wall time 10, 20, 60 -> mean 30, std sqrt((400+100+900)/2).
+    for seed, (ranks, valid, total) in enumerate(
+        [([1, 2, 2, 2], [1, 1, 1, 1], 10.0), ([1, 1, 3, 3], [1, 1, 1, 0], 20.0), ([1, 1, 1, 9], [1, 1, 0, 0], 60.0)]
+    ):
+        write_run(tmp_path, "test", "dpo", seed, ranks, hits=[0, 0, 0, 0], valid=valid, timings_s={"total": total})
+    write_run(tmp_path, "test", "popular", 0, [3, 3, 3, 1])
+    write_run(tmp_path, "valid", "dpo", 0, [1, 1, 1, 1])
+    table = summary_table(load_study(tmp_path), "test")
+    assert [e["method"] for e in table] == ["dpo", "popular"]
+    dpo, popular = table
+    assert dpo["n_seeds"] == 3 and dpo["seeds"] == [0, 1, 2]
+    assert dpo["ranking/hr@1"] == pytest.approx((0.5, 0.25), abs=1e-12)
+    assert dpo["generation/valid_ratio"] == pytest.approx((0.75, 0.25), abs=1e-12)
+    assert dpo["time/total"] == pytest.approx((30.0, math.sqrt(700.0)), abs=1e-12)
+    # MRR: seed 0 (1 + 3 * 0.5) / 4 = 0.625, seed 1 (2 + 2/3) / 4 = 0.666667, seed 2 (3 + 1/9) / 4 = 0.777778.
+    mrrs = [0.625, (2 + 2 / 3) / 4, (3 + 1 / 9) / 4]
+    mean = sum(mrrs) / 3
+    std = math.sqrt(sum((m - mean) ** 2 for m in mrrs) / 2)
+    assert dpo["ranking/mrr"] == pytest.approx((mean, std), abs=1e-12)
+    # One seed: no std; a baseline has no generation metrics.
+    assert popular["ranking/hr@1"][0] == 0.25 and math.isnan(popular["ranking/hr@1"][1])
+    assert all(math.isnan(v) for v in popular["generation/hr@1"])
+
+
+def _two_methods(root: Path, n: int, hits_a: list[list[int]], hits_b: list[list[int]]):
+    for seed, (ha, hb) in enumerate(zip(hits_a, hits_b)):
+        write_run(root, "test", "sdpo", seed, [1 if h else 2 for h in ha])
+        write_run(root, "test", "dpo", seed, [1 if h else 2 for h in hb])
+
+
+def test_bootstrap_interval_excludes_zero_for_a_clear_gain(tmp_path):
+    n = 200
+    # a hits rows [0, 150 + s), b hits rows [0, 50 - s): per-seed differences (100 + 2s) / 200 = 0.50, 0.51, 0.52.
+    hits_a = [[int(i < 150 + s) for i in range(n)] for s in range(3)]
+    hits_b = [[int(i < 50 - s) for i in range(n)] for s in range(3)]
+    _two_methods(tmp_path, n, hits_a, hits_b)
+    c = paired_bootstrap(load_study(tmp_path), "test", "sdpo", "dpo", "ranking/hr@1")
+    assert c.seeds == [0, 1, 2] and c.n_rows == n
+    assert c.per_seed_diff == pytest.approx({0: 0.50, 1: 0.51, 2: 0.52}, abs=1e-12)
+    assert (c.seed_mean, c.seed_sigma) == pytest.approx((0.51, 0.01), abs=1e-12)
+    assert c.mean_diff == pytest.approx(0.51, abs=1e-12)
+    assert c.ci_low > 0 and c.excludes_zero and c.beyond_2_sigma
+    # Independent check of the interval's width: per-row differences averaged over seeds, their population std over
+    # sqrt(n) is the bootstrap standard error; a 95% percentile interval spans about 2 x 1.96 of it.
+    d = (np.array(hits_a) - np.array(hits_b)).mean(axis=0)
+    se = d.std() / math.sqrt(n)
+    assert (c.ci_high - c.ci_low) / (2 * 1.96) == pytest.approx(se, rel=0.1)
+    assert c.ci_low < 0.51 < c.ci_high
+
+
+def test_bootstrap_interval_includes_zero_when_methods_swap_rows(tmp_path):
+    n = 120
+    # a hits rows 0..39, b hits rows 20..59: +1 on 20 rows, -1 on 20 rows, mean difference exactly 0.
+    _two_methods(tmp_path, n, [[int(i < 40) for i in range(n)]], [[int(20 <= i < 60) for i in range(n)]])
+    c = paired_bootstrap(load_study(tmp_path), "test", "sdpo", "dpo", "ranking/hr@1", n_boot=2000, seed=1)
+    assert c.mean_diff == 0.0 and c.ci_low < 0 < c.ci_high and not c.excludes_zero
+    assert math.isnan(c.seed_sigma) and not c.beyond_2_sigma  # one seed: no seed-sigma
+
+
+def test_bootstrap_pairs_only_shared_seeds(tmp_path):
+    # dpo has seeds 0 and 1, sdpo only seed 1: the comparison uses seed 1 alone.
+    write_run(tmp_path, "test", "dpo", 0, [1, 1, 1, 1])
+    write_run(tmp_path, "test", "dpo", 1, [2, 2, 1, 1])
+    write_run(tmp_path, "test", "sdpo", 1, [1, 1, 1, 1])
+    c = paired_bootstrap(load_study(tmp_path), "test", "sdpo", "dpo", "ranking/hr@1", n_boot=100)
+    assert c.seeds == [1] and c.mean_diff == 0.5
+
+
+def test_mismatched_row_ids_are_refused(tmp_path):
+    write_run(tmp_path, "test", "dpo", 0, [1, 2, 3])
+    write_run(tmp_path, "test", "sdpo", 0, [1, 2, 3], ids=["test:0", "test:2", "test:1"])
+    with pytest.raises(ValueError, match=r"Row ids differ .*first at position 1"):
+        paired_bootstrap(load_study(tmp_path), "test", "sdpo", "dpo", "ranking/hr@1")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"schema": 2}, "'schema' is 2"),
+        ({"seed": 3}, "does not match its place"),
+        ({"kind": "ppo"}, "'kind' is 'ppo'"),
+        ({"metrics": {"generation": None, "ranking": {"hr@1": 0.9}}}, r"'metrics.ranking.hr@1' = 0.9"),
+    ],
+)
+def test_bad_run_json_is_refused_naming_the_field(tmp_path, change, message):
+    path = write_run(tmp_path, "test", "dpo", 0, [1, 2])
+    run = json.loads(path.read_text())
+    run.update(change)
+    path.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match=message):
+        load_study(tmp_path)
+
+
+def test_mixed_presets_in_one_method_are_refused(tmp_path):
+    write_run(tmp_path, "test", "dpo", 0, [1, 2], preset="cpu")
+    write_run(tmp_path, "test", "dpo", 1, [1, 2], preset="smoke")
+    with pytest.raises(ValueError, match="several presets"):
+        load_study(tmp_path)
+
+
+def _claim_study(root: Path, seeds=(0, 1, 2), valid_ratio_sft: int = 40):
+    n = 40
+    for s in seeds:
+        # HR@1 hits: sdpo 30 + s, dpo 20, sft-continued 10 - s, popular 5 (of 40 rows); ranks 1 or 7.
+        for method, hits in (("sdpo", 30 + s), ("dpo", 20), ("sft-continued", 10 - s), ("sft", 10), ("popular", 5)):
+            ranks = [1 if i < hits else 7 for i in range(n)]
+            gen = None if method == "popular" else [0] * n
+            valid = [1] * n if method != "sft" else [int(i < valid_ratio_sft) for i in range(n)]
+            write_run(root, "test", method, s, ranks, hits=gen, valid=valid if gen else None)
+
+
+def test_claim_check_holds_for_a_clear_ordering(tmp_path):
+    _claim_study(tmp_path)
+    parts = claim_check(load_study(tmp_path), "test", n_boot=2000)
+    assert [p.holds for p in parts] == [True] * len(parts)
+    assert len(parts) == 4 + 4 + 2
+    assert describe_claims(parts).startswith("The claim holds in every part.")
+
+
+def test_claim_check_states_failures_and_missing_runs(tmp_path):
+    # One seed: no seed-sigma, so no ordering can pass its 2-sigma rule; SFT's ValidRatio 0.9 < 0.95.
+    _claim_study(tmp_path, seeds=(0,), valid_ratio_sft=36)
+    for path in (tmp_path / "test" / "popular").iterdir():
+        path.unlink()
+    parts = {p.name: p for p in claim_check(load_study(tmp_path), "test", n_boot=500)}
+    assert parts["sdpo > dpo on ranking/hr@1"].holds is False
+    assert parts["ValidRatio of sft >= 0.95"].holds is False
+    assert "0.9000" in parts["ValidRatio of sft >= 0.95"].evidence
+    assert parts["ValidRatio of dpo >= 0.95"].holds is True
+    assert parts["sdpo > popular on ranking/hr@1"].holds is None
+    text = describe_claims(list(parts.values()))
+    assert "not checked (runs missing)" in text and "The claim does not hold" in text
+
+
+def test_results_markdown_lists_every_run_and_the_command_writes_it(tmp_path):
+    study = tmp_path / "study"
+    _claim_study(study, seeds=(0, 1))
+    write_run(study, "valid", "sdpo-k7", 0, [1, 2, 3], kind="sdpo", config={"model": "tiny", "train": {"k": 7}})
+    text = results_markdown(study, n_boot=200)
+    assert "Test CPU 9000, AVX-512, 2 CPUs (2 torch threads), no GPU" in text
+    assert "| sdpo − dpo | HR@1 |" in text and "Claim check on `test`" in text
+    assert "`train.k=7`" in text  # the variant's own setting
+    assert text.count("| test | ") == 10 and text.count("| valid | sdpo-k7 | sdpo |") == 1
+    output = tmp_path / "docs" / "results.md"
+    assert main(["results", str(study), "--output", str(output), "--n_boot", "200"]) == 0
+    assert output.read_text() == text
+
+
+def test_plots_draw_from_run_jsons(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from trl_sdpo.rec.study_plots import plot_metrics, plot_training_curves, plot_wall_time
+
+    for s in (0, 1):
+        for method in ("dpo", "sdpo"):
+            history = [
+                {"step": k, "rewards/chosen": 0.1 * k + s, "rewards/margins": k, "logps/chosen": -k} for k in (1, 2)
+            ]
+            write_run(tmp_path, "test", method, s, [1, 2], hits=[1, 0], log_history=history)
+        write_run(tmp_path, "test", "popular", s, [2, 2])
+    runs = load_study(tmp_path)
+    figures = [plot_metrics(runs, "test"), plot_training_curves(runs, "test"), plot_wall_time(runs, "test")]
+    curves = figures[1].axes[0].lines
+    # rewards/chosen of dpo: mean over seeds 0 and 1 of 0.1k + s = 0.1k + 0.5.
+    np.testing.assert_allclose(curves[0].get_ydata(), [0.6, 0.7])
+    import matplotlib.pyplot as plt
+
+    for figure in figures:
+        plt.close(figure)
+
+
+def test_compare_methods_skips_pairs_not_run(tmp_path):
+    write_run(tmp_path, "test", "sdpo", 0, [1, 2])
+    write_run(tmp_path, "test", "dpo", 0, [2, 2])
+    comparisons = compare_methods(load_study(tmp_path), "test", n_boot=100)
+    assert [(c.a, c.b, c.metric) for c in comparisons] == [
+        ("sdpo", "dpo", "ranking/hr@1"),
+        ("sdpo", "dpo", "ranking/ndcg@5"),
+    ]

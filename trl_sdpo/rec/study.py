@@ -1,0 +1,388 @@
+"""
+Analysis of an experiment study: load the run JSONs, aggregate over seeds, paired bootstrap, and the claim check.
+
+A study folder holds one JSON per (split, method, seed) at `<dir>/<split>/<method>/seed<seed>.json` (schema 1, written
+by `trl_sdpo.rec.experiments`). Every method of a split is evaluated on the same rows, so methods are compared row by
+row: per-row values come from `rows.target_rank` and `rows.generation_hit`, never from the aggregate metrics alone.
+Pure Python and numpy; the plots (`trl_sdpo.rec.study_plots`) import matplotlib on use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = 1
+# Table order: the LM stages in training order, then variants (sorted), then the baselines without an LM.
+LM_METHODS = ("base", "sft", "sft-continued", "dpo", "sdpo")
+BASELINE_METHODS = ("random", "popular", "sasrec")
+KINDS = LM_METHODS + BASELINE_METHODS
+# (key in the tables, section of "metrics", key in that section)
+SUMMARY_METRICS = (
+    ("generation/hr@1", "generation", "hr@1"),
+    ("generation/valid_ratio", "generation", "valid_ratio"),
+    ("ranking/hr@1", "ranking", "hr@1"),
+    ("ranking/hr@5", "ranking", "hr@5"),
+    ("ranking/ndcg@5", "ranking", "ndcg@5"),
+    ("ranking/mrr", "ranking", "mrr"),
+)
+ROW_METRICS = tuple(key for key, _, _ in SUMMARY_METRICS)
+# The comparisons issue 7 names: (a, b) read as "a minus b".
+COMPARISONS = (("sdpo", "dpo"), ("sdpo", "sft-continued"), ("dpo", "sft-continued"))
+CLAIM_METRICS = ("ranking/hr@1", "ranking/ndcg@5")
+_REQUIRED = ("schema", "study", "preset", "method", "kind", "seed", "split", "config", "metrics", "rows", "timings_s")
+
+
+# ------------------------------------------------------------------------------------------------------------ loading
+def _check_run(run: dict[str, Any], path: Path) -> None:
+    """Raise `ValueError` naming the file and the field when `run` does not follow schema 1 or contradicts itself."""
+    missing = [key for key in _REQUIRED if key not in run]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing} (run JSON schema {SCHEMA}).")
+    if run["schema"] != SCHEMA:
+        raise ValueError(f"{path}: 'schema' is {run['schema']!r}; this version reads schema {SCHEMA}.")
+    if run["kind"] not in KINDS:
+        raise ValueError(f"{path}: 'kind' is {run['kind']!r}; expected one of {list(KINDS)}.")
+    split, method, name = path.parts[-3:]
+    if (run["split"], run["method"], f"seed{run['seed']}.json") != (split, method, name):
+        raise ValueError(
+            f"{path}: the file says split={run['split']!r}, method={run['method']!r}, seed={run['seed']!r}, "
+            f"which does not match its place <dir>/{split}/{method}/{name}."
+        )
+    rows = run["rows"]
+    for key in ("ids", "target_rank"):
+        if not isinstance(rows.get(key), list):
+            raise ValueError(f"{path}: 'rows.{key}' must be a list.")
+    n = len(rows["ids"])
+    if len(set(rows["ids"])) != n:
+        raise ValueError(f"{path}: 'rows.ids' has duplicates.")
+    for key in ("target_rank", "generation_hit", "generation_valid"):
+        values = rows.get(key)
+        if values is not None and len(values) != n:
+            raise ValueError(f"{path}: 'rows.{key}' has {len(values)} entries for {n} row ids.")
+    if any(not isinstance(r, int) or r < 1 for r in rows["target_rank"]):
+        raise ValueError(f"{path}: 'rows.target_rank' must hold 1-based integer ranks.")
+    for key in ("generation_hit", "generation_valid"):
+        if rows.get(key) is not None and any(v not in (0, 1) for v in rows[key]):
+            raise ValueError(f"{path}: 'rows.{key}' must hold 0/1 values.")
+    # The aggregate metrics must be what the per-row data says: the paired tests use the rows, the tables the metrics.
+    for metric, section, key in SUMMARY_METRICS:
+        reported = (run["metrics"].get(section) or {}).get(key)
+        if reported is None:
+            continue
+        values = row_values(run, metric)
+        if values is None:
+            raise ValueError(f"{path}: 'metrics.{section}.{key}' is reported but the per-row data for it is null.")
+        if abs(float(np.mean(values)) - reported) > 1e-9:
+            raise ValueError(
+                f"{path}: 'metrics.{section}.{key}' = {reported} but the per-row data gives {float(np.mean(values))}."
+            )
+
+
+def load_run(path: str | Path) -> dict[str, Any]:
+    """
+    Read and check one run JSON.
+
+    Args:
+        path (`str` or `Path`): `<dir>/<split>/<method>/seed<seed>.json`.
+
+    Returns:
+        `dict[str, Any]`: the run, with `"path"` (a `str`) added.
+    """
+    path = Path(path)
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}).") from error
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top level.")
+    _check_run(run, path)
+    run["path"] = str(path)
+    return run
+
+
+def load_study(directory: str | Path) -> list[dict[str, Any]]:
+    """
+    Load and check every run JSON of a study folder (`<directory>/<split>/<method>/seed<seed>.json`).
+
+    Args:
+        directory (`str` or `Path`): The study's output folder.
+
+    Returns:
+        `list[dict]`: the runs sorted by split, method and seed. Raises `FileNotFoundError` when the folder does not
+        exist or holds no run JSON, and `ValueError` when two runs of one (split, method) come from different
+        presets (averaging them would mix two experiments).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"Study folder {directory} does not exist.")
+    paths = sorted(p for p in directory.glob("*/*/seed*.json") if p.parts[-4] != "checkpoints")
+    if not paths:
+        raise FileNotFoundError(f"No run JSON (<split>/<method>/seed<seed>.json) under {directory}.")
+    runs = [load_run(p) for p in paths]
+    for (split, method), group in group_runs(runs).items():
+        presets = {run["preset"] for run in group}
+        if len(presets) > 1:
+            raise ValueError(f"{directory}/{split}/{method}: runs from several presets {sorted(presets)}.")
+    return sorted(runs, key=lambda r: (r["split"], method_order(r["method"], r["kind"]), r["seed"]))
+
+
+def method_order(method: str, kind: str | None = None) -> tuple[int, str]:
+    """Sort key: the LM stages in training order, then their variants, then the baselines."""
+    if method in LM_METHODS:
+        return (LM_METHODS.index(method), method)
+    if method in BASELINE_METHODS:
+        return (100 + BASELINE_METHODS.index(method), method)
+    return (50 if kind not in BASELINE_METHODS else 150, method)
+
+
+def group_runs(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The runs grouped by `(split, method)`, each group sorted by seed, groups in table order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["split"], run["method"]), []).append(run)
+    kinds = {key: group[0]["kind"] for key, group in groups.items()}
+    ordered = sorted(groups, key=lambda key: (key[0], method_order(key[1], kinds[key])))
+    return {key: sorted(groups[key], key=lambda r: r["seed"]) for key in ordered}
+
+
+def splits(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """The splits present, `valid` before `test`."""
+    order = {"train": 0, "valid": 1, "test": 2}
+    return sorted({run["split"] for run in runs}, key=lambda s: (order.get(s, 3), s))
+
+
+def runs_of(runs: Iterable[dict[str, Any]], split: str, method: str) -> list[dict[str, Any]]:
+    """The runs of one method on one split, sorted by seed."""
+    return sorted((r for r in runs if r["split"] == split and r["method"] == method), key=lambda r: r["seed"])
+
+
+# ------------------------------------------------------------------------------------------------ per-row and summary
+def row_values(run: dict[str, Any], metric: str) -> np.ndarray | None:
+    """
+    The per-row value of `metric` in one run (float64), or `None` when the run has no data for it.
+
+    Args:
+        run (`dict`): A run JSON.
+        metric (`str`): `ranking/hr@1` (rank == 1), `ranking/hr@5` (rank <= 5), `ranking/ndcg@5` (1 / log2(rank + 1)
+            for rank <= 5, else 0), `ranking/mrr` (1 / rank), `generation/hr@1` (`rows.generation_hit`) or
+            `generation/valid_ratio` (`rows.generation_valid`).
+    """
+    rows = run["rows"]
+    if metric.startswith("generation/"):
+        key = {"generation/hr@1": "generation_hit", "generation/valid_ratio": "generation_valid"}.get(metric)
+        if key is None:
+            raise ValueError(f"Unknown metric {metric!r}; expected one of {list(ROW_METRICS)}.")
+        return None if rows.get(key) is None else np.asarray(rows[key], dtype=np.float64)
+    ranks = np.asarray(rows["target_rank"], dtype=np.float64)
+    if metric == "ranking/hr@1":
+        return (ranks == 1).astype(np.float64)
+    if metric == "ranking/hr@5":
+        return (ranks <= 5).astype(np.float64)
+    if metric == "ranking/ndcg@5":
+        return np.where(ranks <= 5, 1.0 / np.log2(ranks + 1.0), 0.0)
+    if metric == "ranking/mrr":
+        return 1.0 / ranks
+    raise ValueError(f"Unknown metric {metric!r}; expected one of {list(ROW_METRICS)}.")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for fewer than 2 values) of `values`."""
+    array = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if array.size == 0:
+        return math.nan, math.nan
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else math.nan
+
+
+def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """
+    Mean and sample standard deviation over seeds of each method's metrics on one split.
+
+    Args:
+        runs (`Iterable[dict]`): Runs from [`load_study`].
+        split (`str`): `valid` or `test`.
+
+    Returns:
+        `list[dict]`, one per method in table order, with `"method"`, `"kind"`, `"preset"`, `"seeds"` (list),
+        `"n_seeds"`, and for each metric of `SUMMARY_METRICS` and `"time/total"` (wall seconds of the run's own
+        stages) a `(mean, std)` pair; `(nan, nan)` where the method has no such metric (baselines do not generate).
+    """
+    table = []
+    for (run_split, method), group in group_runs(runs).items():
+        if run_split != split:
+            continue
+        entry: dict[str, Any] = {
+            "method": method,
+            "kind": group[0]["kind"],
+            "preset": group[0]["preset"],
+            "seeds": [run["seed"] for run in group],
+            "n_seeds": len(group),
+        }
+        for metric, section, key in SUMMARY_METRICS:
+            entry[metric] = mean_std([(run["metrics"].get(section) or {}).get(key) for run in group])
+        entry["time/total"] = mean_std([run["timings_s"].get("total") for run in group])
+        table.append(entry)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- paired tests
+@dataclass
+class PairedComparison:
+    """
+    `a` minus `b` on one metric and split, paired by eval row and seed.
+
+    Args:
+        a, b (`str`): Methods compared (`a - b`).
+        metric (`str`): One of `ROW_METRICS`.
+        split (`str`): The split.
+        seeds (`list[int]`): Seeds present for both methods.
+        n_rows (`int`): Eval rows.
+        mean_diff (`float`): Mean over rows of the per-row difference averaged over `seeds`.
+        ci_low, ci_high (`float`): 95% percentile bootstrap interval of `mean_diff` (rows resampled).
+        per_seed_diff (`dict[int, float]`): Mean difference on each seed.
+        seed_mean, seed_sigma (`float`): Mean and sample std (ddof=1) of `per_seed_diff`; NaN sigma for one seed.
+    """
+
+    a: str
+    b: str
+    metric: str
+    split: str
+    seeds: list[int]
+    n_rows: int
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    per_seed_diff: dict[int, float] = field(default_factory=dict)
+    seed_mean: float = math.nan
+    seed_sigma: float = math.nan
+
+    @property
+    def excludes_zero(self) -> bool:
+        """Whether the 95% interval lies entirely on one side of 0."""
+        return self.ci_low > 0 or self.ci_high < 0
+
+    @property
+    def beyond_2_sigma(self) -> bool:
+        """Whether the seed-mean difference is above 2 seed-sigma (False with fewer than 2 seeds)."""
+        return not math.isnan(self.seed_sigma) and self.seed_mean > 2 * self.seed_sigma
+
+
+def _paired_matrix(runs: list[dict[str, Any]], split: str, a: str, b: str, metric: str):
+    runs_a = {r["seed"]: r for r in runs_of(runs, split, a)}
+    runs_b = {r["seed"]: r for r in runs_of(runs, split, b)}
+    for method, found in ((a, runs_a), (b, runs_b)):
+        if not found:
+            raise ValueError(f"No runs of method {method!r} on split {split!r}.")
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if not seeds:
+        raise ValueError(
+            f"{a!r} (seeds {sorted(runs_a)}) and {b!r} (seeds {sorted(runs_b)}) share no seed on {split}."
+        )
+    reference = runs_a[seeds[0]]
+    ids = reference["rows"]["ids"]
+    values_a, values_b = [], []
+    for seed in seeds:
+        for run in (runs_a[seed], runs_b[seed]):
+            if run["rows"]["ids"] != ids:
+                other = run["rows"]["ids"]
+                where = next((i for i, (x, y) in enumerate(zip(ids, other)) if x != y), min(len(ids), len(other)))
+                raise ValueError(
+                    f"Row ids differ between {reference['path']} and {run['path']} (first at position {where}; "
+                    f"{len(ids)} vs {len(other)} rows): a paired comparison needs the same eval rows in the same order."
+                )
+        va, vb = row_values(runs_a[seed], metric), row_values(runs_b[seed], metric)
+        if va is None or vb is None:
+            missing = runs_a[seed] if va is None else runs_b[seed]
+            raise ValueError(f"{missing['path']} has no per-row data for {metric!r}.")
+        values_a.append(va)
+        values_b.append(vb)
+    return seeds, np.stack(values_a), np.stack(values_b)
+
+
+def paired_bootstrap(
+    runs: Iterable[dict[str, Any]],
+    split: str,
+    a: str,
+    b: str,
+    metric: str,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> PairedComparison:
+    """
+    Paired bootstrap of `a - b` on `metric` over the eval rows of `split`.
+
+    Per row, the metric is averaged over the seeds that both methods ran (paired by row id and seed); the rows are
+    resampled with replacement `n_boot` times and the 2.5th and 97.5th percentiles of the resampled mean difference
+    form the interval. The per-seed differences give the seed-to-seed spread (seed-sigma) beside it.
+
+    Args:
+        runs (`Iterable[dict]`): Runs from [`load_study`].
+        split (`str`): The split.
+        a, b (`str`): The methods (`a - b`).
+        metric (`str`): One of `ROW_METRICS`.
+        n_boot (`int`, *optional*, defaults to `10000`): Bootstrap resamples.
+        seed (`int`, *optional*, defaults to `0`): Seed of the resampling.
+
+    Returns:
+        [`PairedComparison`]. Raises `ValueError` when a method has no runs, the two share no seed, or the row ids
+        of any two runs differ.
+    """
+    runs = list(runs)
+    seeds, values_a, values_b = _paired_matrix(runs, split, a, b, metric)
+    per_row = (values_a - values_b).mean(axis=0)
+    n = per_row.size
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // max(n, 1))  # bounded memory: chunk x n indices at a time
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        boot[start:stop] = per_row[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    per_seed = {s: float(d) for s, d in zip(seeds, (values_a - values_b).mean(axis=1))}
+    seed_mean, seed_sigma = mean_std(list(per_seed.values()))
+    return PairedComparison(
+        a=a,
+        b=b,
+        metric=metric,
+        split=split,
+        seeds=seeds,
+        n_rows=n,
+        mean_diff=float(per_row.mean()),
+        ci_low=float(low),
+        ci_high=float(high),
+        per_seed_diff=per_seed,
+        seed_mean=seed_mean,
+        seed_sigma=seed_sigma,
+    )
+
+
+def compare_methods(
+    runs: Iterable[dict[str, Any]],
+    split: str,
+    pairs: Sequence[tuple[str, str]] = COMPARISONS,
+    metrics: Sequence[str] = CLAIM_METRICS,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> list[PairedComparison]:
+    """
+    The paired comparisons issue 7 names (S-DPO - DPO, S-DPO - SFT-continued, DPO - SFT-continued) on each metric.
+
+    Pairs whose methods have no runs on `split` are left out (the claim check reports them as not run).
+
+    Returns:
+        `list[PairedComparison]` in the order of `pairs`, then `metrics`.
+    """
+    runs = list(runs)
+    present = {r["method"] for r in runs if r["split"] == split}
+    return [
+        paired_bootstrap(runs, split, a, b, metric, n_boot=n_boot, seed=seed)
+        for a, b in pairs
+        if a in present and b in present
+        for metric in metrics
+    ]

@@ -1,0 +1,205 @@
+"""
+`docs/results.md` from the run JSONs of one or more study folders: machine, versions, the main table, the paired
+comparisons, the claim check and every configuration tried, with nothing left out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..machine import describe_machine
+from .study import (
+    SUMMARY_METRICS,
+    PairedComparison,
+    compare_methods,
+    group_runs,
+    load_study,
+    splits,
+    summary_table,
+)
+from .study_claims import claim_check, describe_claims
+
+HEADERS = {
+    "generation/hr@1": "HR@1 (gen)",
+    "generation/valid_ratio": "ValidRatio",
+    "ranking/hr@1": "HR@1",
+    "ranking/hr@5": "HR@5",
+    "ranking/ndcg@5": "NDCG@5",
+    "ranking/mrr": "MRR",
+}
+
+
+def format_mean_std(pair: tuple[float, float], digits: int = 4) -> str:
+    """`"0.1234 ± 0.0100"`; `"—"` for a metric the method does not have; no `±` part for a single seed."""
+    mean, std = pair
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(table: list[dict[str, Any]]) -> str:
+    """The main table (from [`~trl_sdpo.rec.study.summary_table`]) as Markdown: mean ± std over n seeds."""
+    header = ["method", "seeds", *HEADERS.values(), "wall time (s)"]
+    rows = [
+        [
+            entry["method"],
+            entry["n_seeds"],
+            *(format_mean_std(entry[m]) for m, _, _ in SUMMARY_METRICS),
+            format_mean_std(entry["time/total"], digits=0),
+        ]
+        for entry in table
+    ]
+    return markdown_table(header, rows)
+
+
+def comparisons_markdown(comparisons: Sequence[PairedComparison]) -> str:
+    """Paired comparisons as Markdown: row-bootstrap interval and per-seed differences side by side."""
+    header = ["a − b", "metric", "seeds", "rows", "difference", "95% CI (rows)", "per seed mean ± sigma", "CI excl. 0"]
+    rows = [
+        [
+            f"{c.a} − {c.b}",
+            HEADERS.get(c.metric, c.metric),
+            len(c.seeds),
+            c.n_rows,
+            f"{c.mean_diff:+.4f}",
+            f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+            format_mean_std((c.seed_mean, c.seed_sigma)),
+            "yes" if c.excludes_zero else "no",
+        ]
+        for c in comparisons
+    ]
+    return markdown_table(header, rows)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value, sort_keys=True)
+    return flat
+
+
+def configurations_markdown(runs: list[dict[str, Any]]) -> str:
+    """
+    Every run of a study, one line each: its settings that differ from those all runs share, and its metrics.
+
+    The settings every run shares are listed once above the table; a setting that differs only between the seeds of
+    one method (the seed itself) is shown in that run's line too, so nothing about any run is hidden.
+    """
+    flats = [_flatten(run["config"]) for run in runs]
+    keys = sorted(set().union(*flats)) if flats else []
+    shared = {k: flats[0][k] for k in keys if all(k in f and f[k] == flats[0].get(k) for f in flats)}
+    lines = ["Settings shared by every run:", ""]
+    lines += [f"- `{k}` = `{v}`" for k, v in shared.items()] or ["- (none)"]
+    header = ["split", "method", "kind", "preset", "seed", *HEADERS.values(), "time (s)", "settings of this run"]
+    rows = []
+    for run, flat in zip(runs, flats):
+        metrics = []
+        for _, section, key in SUMMARY_METRICS:
+            value = (run["metrics"].get(section) or {}).get(key)
+            metrics.append("—" if value is None else f"{value:.4f}")
+        own = ", ".join(f"`{k}={v}`" for k, v in flat.items() if k not in shared)
+        total = run["timings_s"].get("total")
+        rows.append(
+            [
+                run["split"],
+                run["method"],
+                run["kind"],
+                run["preset"],
+                run["seed"],
+                *metrics,
+                "—" if total is None else f"{total:.0f}",
+                own or "(shared only)",
+            ]
+        )
+    return "\n".join([*lines, "", markdown_table(header, rows)])
+
+
+def _machines(runs: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for run in runs:
+        machine = run.get("machine")
+        seen[describe_machine(machine) if machine else "not recorded"] = None
+    return list(seen)
+
+
+def _versions(runs: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for run in runs:
+        versions = run.get("versions") or {}
+        seen[", ".join(f"{k} {v}" for k, v in versions.items()) or "not recorded"] = None
+    return list(seen)
+
+
+def study_markdown(directory: str | Path, n_boot: int = 10000, seed: int = 0) -> str:
+    """The section of `docs/results.md` for one study folder (see [`results_markdown`])."""
+    runs = load_study(directory)
+    names = sorted({run["study"] for run in runs})
+    presets = sorted({run["preset"] for run in runs})
+    out = [f"## Study {', '.join(names)} (`{directory}`), preset {', '.join(presets)}", ""]
+    out += ["Machine(s) the runs were measured on:", ""] + [f"- {m}" for m in _machines(runs)]
+    out += ["", "Package versions:", ""] + [f"- {v}" for v in _versions(runs)]
+    # test first: it holds the final numbers; valid holds the selection runs.
+    for split in sorted(splits(runs), key=lambda s: s != "test"):
+        role = "final numbers, computed once" if split == "test" else "selection of settings"
+        out += ["", f"### Split `{split}` ({role})", ""]
+        out += ["Mean ± sample standard deviation (ddof=1) over seeds; wall time is the run's own stages.", ""]
+        out.append(summary_markdown(summary_table(runs, split)))
+        comparisons = compare_methods(runs, split, n_boot=n_boot, seed=seed)
+        out += ["", f"Paired comparisons on `{split}` (per row averaged over shared seeds; {n_boot} row resamples):"]
+        out += ["", comparisons_markdown(comparisons) if comparisons else "(the methods compared were not run)"]
+        out += [
+            "",
+            f"Claim check on `{split}`:",
+            "",
+            describe_claims(claim_check(runs, split, n_boot=n_boot, seed=seed)),
+        ]
+    out += ["", "### Every configuration tried", "", configurations_markdown(runs)]
+    groups = group_runs(runs)
+    out += ["", f"{len(runs)} runs in {len(groups)} (split, method) groups."]
+    return "\n".join(out)
+
+
+def results_markdown(*study_dirs: str | Path, n_boot: int = 10000, seed: int = 0) -> str:
+    """
+    The whole of `docs/results.md`, generated from the run JSONs of `study_dirs`.
+
+    Per study and split: the machine and package versions the runs recorded, the main table (mean ± std over seeds),
+    the paired comparisons, the claim check in words, and every run with its settings and metrics.
+
+    Args:
+        *study_dirs (`str` or `Path`): Study folders (`<dir>/<split>/<method>/seed<seed>.json`).
+        n_boot (`int`, *optional*, defaults to `10000`): Bootstrap resamples per comparison.
+        seed (`int`, *optional*, defaults to `0`): Seed of the resampling.
+
+    Returns:
+        `str`: Markdown.
+    """
+    if not study_dirs:
+        raise ValueError("results_markdown needs at least one study folder.")
+    head = [
+        "# Results",
+        "",
+        "Generated from the run JSONs by `trl-sdpo results "
+        + " ".join(str(d) for d in study_dirs)
+        + " --output docs/results.md`; do not edit by hand.",
+        "Settings are selected on `valid`; `test` is evaluated once with the selected settings. Every run found is",
+        "listed under *Every configuration tried*.",
+    ]
+    return (
+        "\n".join(head + [""] + ["\n\n".join(study_markdown(d, n_boot=n_boot, seed=seed) for d in study_dirs)]) + "\n"
+    )
