@@ -68,6 +68,7 @@ def test_each_command_help_shows_its_flags_with_help_text(command, capsys):
         "train": ["--model", "--num_negatives", "--beta", "--negative_strategy", "--report"],
         "eval": ["--model", "--split", "--max_new_tokens", "--report"],
         "demo": ["--train_rows", "--eval_rows", "--sft_steps", "--eval_split", "--report"],
+        "experiment": ["--config", "--preset", "--split", "--methods", "--seeds", "--dry_run"],
     }[command]
     for flag in expected:
         assert flag in out, flag

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("training", "Supervised fine-tuning: prompt -> target title (TRL SFTTrainer, completion-only loss)."),
     "train": ("training", "S-DPO: one chosen + k rejected titles per prompt (SDPOTrainer); reference = --model."),
     "eval": ("evaluation", "Generation HR@1 / ValidRatio, ranking HR@1 / HR@5 / NDCG@5 / MRR, and baselines."),
+    "experiment": ("experiment", "Run a study YAML: every (method, seed) on a split, one JSON per run, resumable."),
     "demo": ("demo", "The whole path on MovieLens-100K + SmolLM2-135M: base -> SFT -> S-DPO, table, JSON, plot."),
     "results": ("results", "docs/results.md from a study's run JSONs: tables, paired bootstrap, claim check."),
 }
@@ -35,6 +36,7 @@ examples:
   trl-sdpo sft --max_rows 2000 --use_peft --output_dir sft-model
   trl-sdpo train --model sft-model --num_negatives 3 --beta 1.0 --use_peft --output_dir sdpo-model
   trl-sdpo eval --model sdpo-model --split test --report test.json
+  trl-sdpo experiment --config examples/configs/movielens.yaml --preset cpu --split valid --dry-run
 
 Every command accepts --report FILE (results as JSON) and --config FILE.yaml (flags from a YAML file).
 """

@@ -21,6 +21,26 @@ def _target_index(example: Any, position: int) -> int:
     return ids.index(example.row.target)
 
 
+def random_ranks(examples: Sequence[Any], seed: int = 0) -> list[int]:
+    """
+    The target's 1-based rank in a uniformly random ordering of each row's candidates (see [`random_baseline`]).
+
+    Args:
+        examples (`Sequence[RecExample]`): Rows with `candidate_ids` and `row` (a `RecRow`).
+        seed (`int`, *optional*, defaults to `0`): The seed.
+
+    Returns:
+        `list[int]`: one rank per row, 1 = first.
+    """
+    ranks = []
+    for position, example in enumerate(examples):
+        target = _target_index(example, position)
+        order = list(range(len(example.candidate_ids)))
+        random.Random(f"random-baseline:{seed}:{example.row.split}:{example.row.index}").shuffle(order)
+        ranks.append(order.index(target) + 1)
+    return ranks
+
+
 def random_baseline(examples: Sequence[Any], seed: int = 0) -> dict[str, Any]:
     """
     Ranking metrics of a uniformly random ordering of each row's candidates.
@@ -35,13 +55,28 @@ def random_baseline(examples: Sequence[Any], seed: int = 0) -> dict[str, Any]:
     Returns:
         `dict` with `"hr@1"`, `"hr@5"`, `"ndcg@5"`, `"mrr"` and `"n"`.
     """
+    return ranking_metrics(random_ranks(examples, seed))
+
+
+def popularity_ranks(dataset: Any, examples: Sequence[Any], split: str = "train") -> list[int]:
+    """
+    The target's 1-based rank when each row's candidates are ordered by popularity (see [`popularity_baseline`]).
+
+    Args:
+        dataset (`RecDataset`): The dataset the examples come from.
+        examples (`Sequence[RecExample]`): Rows with `candidate_ids` and `row` (a `RecRow`).
+        split (`str`, *optional*, defaults to `"train"`): Where popularity is counted.
+
+    Returns:
+        `list[int]`: one rank per row, 1 = first.
+    """
+    counts = dataset.target_counts(split)
     ranks = []
     for position, example in enumerate(examples):
         target = _target_index(example, position)
-        order = list(range(len(example.candidate_ids)))
-        random.Random(f"random-baseline:{seed}:{example.row.split}:{example.row.index}").shuffle(order)
-        ranks.append(order.index(target) + 1)
-    return ranking_metrics(ranks)
+        keys = [(-counts.get(item, 0), item) for item in example.candidate_ids]
+        ranks.append(1 + sum(1 for j, key in enumerate(keys) if j != target and key < keys[target]))
+    return ranks
 
 
 def popularity_baseline(dataset: Any, examples: Sequence[Any], split: str = "train") -> dict[str, Any]:
@@ -60,10 +95,4 @@ def popularity_baseline(dataset: Any, examples: Sequence[Any], split: str = "tra
     Returns:
         `dict` with `"hr@1"`, `"hr@5"`, `"ndcg@5"`, `"mrr"` and `"n"`.
     """
-    counts = dataset.target_counts(split)
-    ranks = []
-    for position, example in enumerate(examples):
-        target = _target_index(example, position)
-        keys = [(-counts.get(item, 0), item) for item in example.candidate_ids]
-        ranks.append(1 + sum(1 for j, key in enumerate(keys) if j != target and key < keys[target]))
-    return ranking_metrics(ranks)
+    return ranking_metrics(popularity_ranks(dataset, examples, split))

@@ -1,0 +1,216 @@
+"""The study runner (`trl_sdpo.rec.experiments`, `trl-sdpo experiment`): config validation, presets, and a whole
+study on a tiny in-process model (one JSON per run, paired rows, skipping, crashes, one SFT per seed)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import make_model, make_tokenizer
+
+from trl_sdpo.cli import main
+from trl_sdpo.rec import experiments
+from trl_sdpo.rec.experiment_config import ConfigError, config_from_dict, deep_merge, load_experiment_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MOVIELENS_YAML = ROOT / "examples" / "configs" / "movielens.yaml"
+needs_recbole = pytest.mark.skipif(
+    importlib.util.find_spec("recbole") is None, reason="MovieLens-100K ships in the recbole wheel (not installed)"
+)
+
+BASE = {
+    "study": "t",
+    "output_dir": "out",
+    "num_candidates": 5,
+    "seeds": [0, 1],
+    "sft": {"train_rows": 4, "steps": 2},
+    "preference": {"train_rows": 4, "steps": 2, "num_negatives": 3},
+    "methods": {"base": {}, "sdpo": {}, "sdpo-k2": {"kind": "sdpo", "num_negatives": 2}},
+    "presets": {"fast": {"sft": {"steps": 1}, "seeds": [3]}},
+}
+
+
+def _with(**changes):
+    raw = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        target = raw
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "raw, preset, message",
+    [
+        (_with(seed=[0]), None, "Unknown config key `seed`; allowed keys here: "),
+        (_with(sft__lerning_rate=1e-4), None, "Unknown config key `sft.lerning_rate`"),
+        (_with(methods__sdpo={"bta": 1.0}), None, "Unknown config key `methods.sdpo.bta`"),
+        (_with(methods__ppo={}), None, "`methods.ppo.kind` is 'ppo' (taken from the name); expected one of"),
+        (_with(methods__x={"kind": "grpo"}), None, "`methods.x.kind` is 'grpo'"),
+        (_with(data_dir="no/such/folder"), None, "`data_dir`"),
+        (_with(dataset="lastfm"), None, "`data_dir` is required for dataset 'lastfm'"),
+        (_with(methods__sdpo={"num_negatives": 5}), None, "`methods.sdpo.num_negatives` (k) is 5, larger than"),
+        (_with(preference__num_negatives=7), None, "`methods.sdpo.num_negatives` (k) is 7"),
+        (_with(seeds=[]), None, "`seeds` must be a non-empty list"),
+        (_with(eval_split="train"), None, "`eval_split` is 'train'"),
+        (_with(preference__negative_strategy="hardest"), None, "`preference.negative_strategy` is 'hardest'"),
+        (_with(methods__base={"steps": 3}), None, "`methods.base.steps`: a method of kind 'base' takes no training"),
+        (_with(methods={}), None, "`methods` is empty"),
+        (BASE, "gpu", "Unknown preset 'gpu'; the file defines: fast"),
+        (_with(presets__fast={"sft": {"stepz": 1}}), "fast", "Unknown config key `sft.stepz`"),
+        (_with(presets__fast={"modle": "x"}), "fast", "Unknown config key `presets.fast.modle`"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_key(raw, preset, message, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw, preset=preset, folder=tmp_path)
+    assert message in str(error.value)
+
+
+def test_unknown_key_error_lists_the_allowed_keys():
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(_with(sft__lerning_rate=1e-4))
+    assert "learning_rate" in str(error.value) and "num_negatives" in str(error.value)
+
+
+def test_preset_deep_merges_over_the_top_level(tmp_path):
+    config = config_from_dict(BASE, preset="fast", folder=tmp_path)
+    assert config.preset == "fast" and config.seeds == [3]
+    assert (config.sft.steps, config.sft.train_rows) == (1, 4)  # steps from the preset, rows kept from the top level
+    assert config.methods["sdpo-k2"].settings.num_negatives == 2  # a variant's override
+    assert config.methods["sdpo"].settings.num_negatives == 3  # the preference defaults
+    assert config.output_dir == str(tmp_path / "out")  # relative to the YAML's folder
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "paper"])
+def test_the_movielens_study_file_loads_at_every_preset(preset):
+    config = load_experiment_config(MOVIELENS_YAML, preset=preset)
+    assert set(config.methods) >= {"base", "sft", "sft-continued", "dpo", "sdpo", "random", "popular", "sasrec"}
+    assert len(config.seeds) >= 2 and config.methods["sdpo"].settings.num_negatives == 3
+
+
+def test_cli_refuses_a_bad_config_before_training(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: x\nmethods: {sdpo: {}}\nsft: {steps: 2, batchsize: 4}\n")
+    assert main(["experiment", "--config", str(bad)]) == 1
+    assert "sft.batchsize" in capsys.readouterr().err
+
+
+def test_cli_dry_run_prints_the_plan(capsys):
+    assert main(["experiment", "--config", str(MOVIELENS_YAML), "--preset", "cpu", "--dry-run", "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer steps" in out and "sdpo" in out and "seeds [0]" in out
+
+
+# ---------------------------------------------------------------------------------------------------- the runner
+@pytest.fixture
+def tiny_study(tmp_path, monkeypatch):
+    """A study of every LM method and the baselines on a tiny random Llama; counts the SFT trainings."""
+    tokenizer = make_tokenizer()
+    monkeypatch.setattr(
+        experiments, "load_base_model", lambda config: (make_model("llama", tokenizer=tokenizer), tokenizer)
+    )
+    calls = []
+    train_sft_checkpoint = experiments.train_sft_checkpoint
+
+    def counted(runner, seed, *args):
+        calls.append(seed)
+        return train_sft_checkpoint(runner, seed, *args)
+
+    monkeypatch.setattr(experiments, "train_sft_checkpoint", counted)
+    monkeypatch.setitem(sys.modules, "trl_sdpo.rec.sasrec", None)  # the extra is "not installed": skipped
+    raw = {
+        "study": "tiny",
+        "output_dir": str(tmp_path / "study"),
+        "num_candidates": 5,
+        "eval_rows": 3,
+        "seeds": [0, 1],
+        "max_new_tokens": 3,
+        "max_length": 2048,
+        "sft": {"train_rows": 2, "steps": 1, "batch_size": 2},
+        "preference": {"train_rows": 2, "steps": 1, "batch_size": 2, "learning_rate": 1e-3},
+        "methods": {m: {} for m in ("base", "sft", "sft-continued", "dpo", "sdpo", "random", "popular", "sasrec")},
+    }
+    return config_from_dict(raw), calls
+
+
+@needs_recbole
+def test_study_runs_every_method_and_seed_and_resumes(tiny_study, monkeypatch):
+    config, sft_calls = tiny_study
+    result = experiments.run_experiment(config, "valid", show_progress=False)
+    assert sorted(sft_calls) == [0, 1]  # one SFT per seed, shared by sft, sft-continued, dpo, sdpo
+    assert result["unavailable"] == [("sasrec", 0), ("sasrec", 1)]
+    out = Path(config.output_dir)
+    files = sorted(p.relative_to(out).as_posix() for p in out.glob("valid/*/*.json"))
+    methods = ("base", "dpo", "popular", "random", "sdpo", "sft", "sft-continued")
+    assert files == sorted(f"valid/{m}/seed{s}.json" for m in methods for s in (0, 1))
+    assert not list(out.rglob("*.tmp"))
+
+    runs = {(p.parent.name, p.stem): json.loads(p.read_text()) for p in out.glob("valid/*/*.json")}
+    ids = runs[("base", "seed0")]["rows"]["ids"]
+    assert len(ids) == 3 and all(i.startswith("valid:") for i in ids)
+    for (method, seed), run in runs.items():
+        assert {
+            "schema",
+            "study",
+            "method",
+            "kind",
+            "seed",
+            "split",
+            "config",
+            "metrics",
+            "rows",
+            "log_history",
+        } <= set(run)
+        assert {"timings_s", "versions", "machine", "created"} <= set(run)
+        assert (run["schema"], run["method"], f"seed{run['seed']}", run["split"]) == (1, method, seed, "valid")
+        assert run["rows"]["ids"] == ids  # paired: the same rows for every method and seed
+        ranks = run["rows"]["target_rank"]
+        assert all(1 <= r <= 5 for r in ranks)
+        # The summary metrics are those of the per-row ranks (computed independently here).
+        assert run["metrics"]["ranking"]["hr@1"] == pytest.approx(sum(r == 1 for r in ranks) / 3)
+        assert run["metrics"]["ranking"]["mrr"] == pytest.approx(sum(1 / r for r in ranks) / 3)
+        if run["kind"] in ("random", "popular"):
+            assert run["metrics"]["generation"] is None and run["rows"]["generation_hit"] is None
+        else:
+            generation = run["metrics"]["generation"]
+            assert generation["n"] == 3
+            assert generation["valid_ratio"] == pytest.approx(sum(run["rows"]["generation_valid"]) / 3)
+    assert runs[("base", "seed1")]["seed_independent"] is True
+    assert runs[("base", "seed1")]["rows"] == runs[("base", "seed0")]["rows"]
+    # Policy = reference at the first step: DPO's loss is log 2 (TRL's sigmoid loss, k=1), S-DPO's log(1 + 3).
+    first = {m: next(e for e in runs[(m, "seed0")]["log_history"] if "loss" in e) for m in ("dpo", "sdpo")}
+    assert first["dpo"]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert first["sdpo"]["loss"] == pytest.approx(math.log(4), abs=1e-4)
+    assert runs[("sft", "seed0")]["log_history"] and runs[("sft-continued", "seed0")]["log_history"]
+
+    # A second sitting skips every finished run and trains nothing.
+    again = experiments.run_experiment(config, "valid", show_progress=False)
+    assert again["written"] == [] and len(again["skipped"]) == 14 and sorted(sft_calls) == [0, 1]
+
+    # A run that crashes leaves no JSON (and no temporary file); the others stay.
+    (out / "valid" / "sdpo" / "seed1.json").unlink()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-run")
+
+    monkeypatch.setattr(experiments, "train_preference", crash)
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        experiments.run_experiment(config, "valid", show_progress=False)
+    assert not (out / "valid" / "sdpo" / "seed1.json").exists() and not list(out.rglob("*.tmp"))
+    assert (out / "valid" / "dpo" / "seed1.json").exists() and sorted(sft_calls) == [0, 1]
+
+    # Changed settings over existing results are refused rather than mixed.
+    changed = copy.deepcopy(config)
+    changed.eval_rows = 4
+    with pytest.raises(ConfigError, match="other settings"):
+        experiments.run_experiment(changed, "valid", show_progress=False)

@@ -1,0 +1,378 @@
+"""The YAML of a recommendation study (`trl-sdpo experiment --config FILE.yaml`): dataclasses, presets, validation.
+
+A study file holds top-level settings, an `sft:` section (the SFT stage every trained method starts from), a
+`preference:` section (the defaults of the stage after SFT: sft-continued, dpo, sdpo), `methods:` (name -> kind and
+overrides) and `presets:` (name -> values deep-merged over the top level). Everything is checked before any model is
+loaded: an unknown key anywhere is an error naming the key and the allowed ones.
+
+Relative paths in the file (`output_dir`, `data_dir`, a `model` folder starting with `.`) are resolved against the
+file's own folder, so a study runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHOD_KINDS = ("base", "sft", "sft-continued", "dpo", "sdpo", "random", "popular", "sasrec")
+LM_KINDS = ("base", "sft", "sft-continued", "dpo", "sdpo")
+PREFERENCE_KINDS = ("sft-continued", "dpo", "sdpo")
+BASELINE_KINDS = ("random", "popular", "sasrec")
+SPLITS = ("valid", "test")
+DATASETS = ("movielens", "lastfm", "goodreads")
+NEGATIVE_STRATEGIES = ("random", "popular", "model")
+TINY_RANDOM = "tiny-random"
+"""`model: tiny-random`: a 2-layer random-weight Llama with the default model's tokenizer, built in-process. Smoke
+tests of the machinery only: its numbers mean nothing."""
+
+
+class ConfigError(ValueError):
+    """A problem in a study file, naming the key."""
+
+
+@dataclass
+class StageSettings:
+    """
+    Training settings of one stage (the shared SFT stage, or a method of the preference stage).
+
+    Parameters:
+        train_rows (`int` or `None`): Train rows, a seeded sample of the train split drawn by the training seed;
+            `None` = the whole split.
+        steps (`int` or `None`): Optimizer steps; `None` trains `epochs` epochs instead.
+        epochs (`float` or `None`): Epochs over the rows when `steps` is `None`.
+        learning_rate (`float`): Peak learning rate.
+        batch_size (`int`): Rows per device batch.
+        gradient_accumulation_steps (`int`): Batches per optimizer step (effective batch = batch_size x this).
+        lr_scheduler_type (`str`): TRL/transformers scheduler name.
+        warmup_ratio (`float`): Fraction of steps warming up.
+        beta (`float`): DPO/S-DPO beta (preference stage only).
+        num_negatives (`int`): k, rejected titles per row; DPO uses the first of them (k=1 on the same rows).
+        negative_strategy (`str`): `random`, `popular` or `model` (scored by the SFT model: hard negatives).
+    """
+
+    train_rows: int | None = 64
+    steps: int | None = 16
+    epochs: float | None = None
+    learning_rate: float = 5e-5
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "constant"
+    warmup_ratio: float = 0.0
+    beta: float = 1.0
+    num_negatives: int = 3
+    negative_strategy: str = "random"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter of every trained stage (`lora: null` = full fine-tuning). The paper: r 8, alpha 32, dropout 0.1."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class MethodConfig:
+    """One method of the study: its `kind`, its resolved stage settings (trained kinds) and extra `options`."""
+
+    name: str
+    kind: str
+    settings: StageSettings | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    """
+    A study: what data, which model, which methods and seeds, and how each is trained and evaluated.
+
+    Parameters:
+        study (`str`): Name, written into every run JSON.
+        preset (`str` or `None`): The preset merged in, if any.
+        description (`str`): Free text.
+        output_dir (`str`): Where `<split>/<method>/seed<seed>.json` and `checkpoints/` go.
+        dataset, data_dir, min_history, sampler, num_candidates, conversational, paraphrase: The rows (see
+            `trl-sdpo data`).
+        model (`str` or `None`): Hub id or folder; `None` = the embedded SmolLM2-135M-Instruct; `tiny-random` =
+            a random 2-layer model for smoke tests only.
+        model_cache_dir (`str` or `None`): Cache of the converted default model.
+        dtype (`str`): Weights dtype while training and evaluating (`float32`, `bfloat16`).
+        bf16 (`bool`): Mixed precision in the trainers (GPU).
+        lora (`LoraSettings` or `None`): Adapters instead of full fine-tuning.
+        activation_checkpointing (`bool`): Trade compute for memory in training.
+        max_length (`int`): Longest tokenized training row.
+        eval_split (`str`): `valid` (choosing settings) or `test` (final numbers); the command's `--split` wins.
+        eval_rows (`int` or `None`): A seeded sample (by `data_seed`) of the split; `None` = all of it.
+        data_seed (`int`): Seeds the eval rows and their candidates: identical for every method and seed.
+        seeds (`list[int]`): Training seeds (train rows, negatives, initialization, data order).
+        generation (`bool`): Also run the paper's generation evaluation (HR@1, ValidRatio); off = `null` metrics.
+        max_new_tokens (`int`): Generation length (the paper: 20).
+        eval_batch_size (`int`): Prompts per forward pass in evaluation.
+        sft (`StageSettings`): The SFT stage.
+        preference (`StageSettings`): Defaults of the sft-continued, dpo and sdpo methods.
+        methods (`dict[str, MethodConfig]`): The methods, by name.
+    """
+
+    study: str = "study"
+    preset: str | None = None
+    description: str = ""
+    output_dir: str = "results"
+    dataset: str = "movielens"
+    data_dir: str | None = None
+    min_history: int = 3
+    sampler: str = "default"
+    num_candidates: int = 20
+    conversational: bool = True
+    paraphrase: bool = False
+    model: str | None = None
+    model_cache_dir: str | None = None
+    dtype: str = "float32"
+    bf16: bool = False
+    lora: LoraSettings | None = None
+    activation_checkpointing: bool = False
+    max_length: int = 512
+    eval_split: str = "valid"
+    eval_rows: int | None = 100
+    data_seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    generation: bool = True
+    max_new_tokens: int = 20
+    eval_batch_size: int = 8
+    sft: StageSettings = field(default_factory=StageSettings)
+    preference: StageSettings = field(default_factory=StageSettings)
+    methods: dict[str, MethodConfig] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (the run JSONs' `config`)."""
+        return dataclasses.asdict(self)
+
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"preset"} | {"presets"}
+_STAGE_KEYS = {f.name for f in dataclasses.fields(StageSettings)}
+_LORA_KEYS = {f.name for f in dataclasses.fields(LoraSettings)}
+
+
+def _unknown(key: str, allowed: set[str]) -> ConfigError:
+    return ConfigError(f"Unknown config key `{key}`; allowed keys here: {', '.join(sorted(allowed))}.")
+
+
+def _keys(section: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"`{where}` must be a mapping, got {type(section).__name__}: {section!r}.")
+    for key in section:
+        if key not in allowed:
+            raise _unknown(f"{where}.{key}" if where else str(key), allowed)
+    return section
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override`'s values on top; nested mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_type(value: Any, expected: tuple[type, ...], key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) and bool not in expected:
+        raise ConfigError(f"`{key}` must be {' or '.join(t.__name__ for t in expected)}, got {value!r}.")
+    if not isinstance(value, expected):
+        raise ConfigError(f"`{key}` must be {' or '.join(t.__name__ for t in expected)}, got {value!r}.")
+
+
+def _stage(values: dict[str, Any], where: str, base: StageSettings | None = None) -> StageSettings:
+    _keys(values, _STAGE_KEYS, where)
+    merged = {**dataclasses.asdict(base or StageSettings()), **values}
+    for key in ("train_rows", "batch_size", "gradient_accumulation_steps", "num_negatives"):
+        _check_type(merged[key], (int,), f"{where}.{key}", allow_none=key == "train_rows")
+        if merged[key] is not None and merged[key] < 1:
+            raise ConfigError(f"`{where}.{key}` must be at least 1, got {merged[key]}.")
+    _check_type(merged["steps"], (int,), f"{where}.steps", allow_none=True)
+    _check_type(merged["epochs"], (int, float), f"{where}.epochs", allow_none=True)
+    if merged["steps"] is None and merged["epochs"] is None:
+        raise ConfigError(f"`{where}`: give `steps` or `epochs`.")
+    if merged["steps"] is not None and merged["steps"] < 1:
+        raise ConfigError(f"`{where}.steps` must be at least 1, got {merged['steps']}.")
+    for key in ("learning_rate", "beta", "warmup_ratio"):
+        _check_type(merged[key], (int, float), f"{where}.{key}")
+    if merged["learning_rate"] <= 0 or merged["beta"] <= 0:
+        raise ConfigError(f"`{where}.learning_rate` and `{where}.beta` must be positive.")
+    if merged["negative_strategy"] not in NEGATIVE_STRATEGIES:
+        raise ConfigError(
+            f"`{where}.negative_strategy` is {merged['negative_strategy']!r}; expected one of "
+            f"{', '.join(NEGATIVE_STRATEGIES)}."
+        )
+    return StageSettings(**merged)
+
+
+def _method(name: str, values: Any, preference: StageSettings) -> MethodConfig:
+    where = f"methods.{name}"
+    values = dict(_keys(values, _STAGE_KEYS | {"kind", "options"}, where))
+    kind = values.pop("kind", name)
+    if kind not in METHOD_KINDS:
+        raise ConfigError(
+            f"`{where}.kind` is {kind!r}"
+            + ("" if "kind" in (values or {}) else " (taken from the name)")
+            + f"; expected one of {', '.join(METHOD_KINDS)}."
+        )
+    options = values.pop("options", None) or {}
+    if options and kind != "sasrec":
+        raise ConfigError(f"`{where}.options` is only for kind sasrec (passed to `sasrec_ranks`), not {kind!r}.")
+    if kind in PREFERENCE_KINDS:
+        return MethodConfig(name, kind, _stage(values, where, preference), options)
+    if values:
+        raise ConfigError(
+            f"`{where}.{next(iter(values))}`: a method of kind {kind!r} takes no training settings (only kinds "
+            f"{', '.join(PREFERENCE_KINDS)} do; the shared SFT stage is set in `sft:`)."
+        )
+    return MethodConfig(name, kind, None, options)
+
+
+def _resolve_path(value: str | None, folder: Path | None) -> str | None:
+    if value is None or folder is None:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (folder / path).resolve())
+
+
+def config_from_dict(
+    raw: dict[str, Any], preset: str | None = None, folder: str | Path | None = None, check_paths: bool = True
+) -> ExperimentConfig:
+    """
+    Build and validate a study from the parsed YAML mapping.
+
+    Args:
+        raw (`dict`): The YAML's mapping.
+        preset (`str`, *optional*): Name of a preset in `raw["presets"]` to deep-merge over the top level.
+        folder (`str` or `Path`, *optional*): Folder that relative paths are resolved against (the YAML's).
+        check_paths (`bool`, *optional*, defaults to `True`): Check that `data_dir` exists.
+
+    Returns:
+        `ExperimentConfig`.
+
+    Raises:
+        ConfigError: naming the key at fault.
+    """
+    _keys(raw, _TOP_KEYS, "")
+    presets = _keys(raw.get("presets"), set(raw.get("presets") or {}), "presets")
+    values = {k: v for k, v in raw.items() if k != "presets"}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(
+                f"Unknown preset {preset!r}; the file defines: {', '.join(presets) or 'no presets'} (key `presets`)."
+            )
+        override = _keys(presets[preset], _TOP_KEYS - {"presets"}, f"presets.{preset}")
+        values = deep_merge(values, override)
+    folder = Path(folder) if folder is not None else None
+
+    defaults = ExperimentConfig()
+    simple = {k: v for k, v in values.items() if k not in ("sft", "preference", "methods", "lora")}
+    config = dataclasses.replace(defaults, **simple, preset=preset)
+    config.sft = _stage(values.get("sft") or {}, "sft")
+    config.preference = _stage(values.get("preference") or {}, "preference")
+    lora = values.get("lora")
+    config.lora = None if lora is None else LoraSettings(**_keys(lora, _LORA_KEYS, "lora"))
+    methods = values.get("methods")
+    if not methods:
+        raise ConfigError("`methods` is empty: name at least one method (e.g. `sdpo: {}`).")
+    _keys(methods, set(methods), "methods")
+    config.methods = {str(name): _method(str(name), spec, config.preference) for name, spec in methods.items()}
+
+    _validate(config)
+    config.output_dir = _resolve_path(config.output_dir, folder)
+    config.data_dir = _resolve_path(config.data_dir, folder)
+    if config.model not in (None, TINY_RANDOM) and str(config.model).startswith((".", "~", "/")):
+        config.model = _resolve_path(config.model, folder)
+    if check_paths and config.data_dir is not None and not Path(config.data_dir).is_dir():
+        raise ConfigError(f"`data_dir`: {config.data_dir} is not a folder (dataset {config.dataset!r}).")
+    return config
+
+
+def _validate(config: ExperimentConfig) -> None:
+    _check_type(config.study, (str,), "study")
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"`dataset` is {config.dataset!r}; expected one of {', '.join(DATASETS)}.")
+    if config.dataset != "movielens" and config.data_dir is None:
+        raise ConfigError(f"`data_dir` is required for dataset {config.dataset!r} (a folder with items.tsv ...).")
+    if config.eval_split not in SPLITS:
+        raise ConfigError(f"`eval_split` is {config.eval_split!r}; expected one of {', '.join(SPLITS)}.")
+    for key in ("num_candidates", "data_seed", "max_length", "max_new_tokens", "eval_batch_size", "min_history"):
+        _check_type(getattr(config, key), (int,), key)
+    if config.num_candidates < 2:
+        raise ConfigError(f"`num_candidates` must be at least 2, got {config.num_candidates}.")
+    _check_type(config.eval_rows, (int,), "eval_rows", allow_none=True)
+    if config.eval_rows is not None and config.eval_rows < 1:
+        raise ConfigError(f"`eval_rows` must be at least 1 (or null for the whole split), got {config.eval_rows}.")
+    if not isinstance(config.seeds, list) or not config.seeds:
+        raise ConfigError(f"`seeds` must be a non-empty list of integers, got {config.seeds!r}.")
+    for seed in config.seeds:
+        _check_type(seed, (int,), "seeds")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise ConfigError(f"`seeds` repeats a seed: {config.seeds}.")
+    for key in ("generation", "conversational", "paraphrase", "bf16", "activation_checkpointing"):
+        _check_type(getattr(config, key), (bool,), key)
+    if config.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"`dtype` is {config.dtype!r}; expected float32, bfloat16 or float16.")
+    if config.sampler not in ("default", "sdpo-compat"):
+        raise ConfigError(f"`sampler` is {config.sampler!r}; expected default or sdpo-compat.")
+    for method in config.methods.values():
+        if method.settings is not None and method.settings.num_negatives > config.num_candidates - 1:
+            raise ConfigError(
+                f"`methods.{method.name}.num_negatives` (k) is {method.settings.num_negatives}, larger than "
+                f"num_candidates - 1 = {config.num_candidates - 1} wrong candidates per row."
+            )
+
+
+def load_experiment_config(path: str | Path, preset: str | None = None, check_paths: bool = True) -> ExperimentConfig:
+    """
+    Read a study YAML file, merge `preset` and validate (see [`config_from_dict`]).
+
+    Args:
+        path (`str` or `Path`): The YAML file.
+        preset (`str`, *optional*): A preset name of its `presets:` section.
+        check_paths (`bool`, *optional*, defaults to `True`): Check that `data_dir` exists.
+
+    Returns:
+        `ExperimentConfig`.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}.")
+    try:
+        return config_from_dict(raw, preset=preset, folder=path.parent, check_paths=check_paths)
+    except ConfigError as error:
+        raise ConfigError(f"{path}{f' (preset {preset})' if preset else ''}: {error}") from None
+
+
+def select(config: ExperimentConfig, methods: list[str] | None = None, seeds: list[int] | None = None):
+    """`config` restricted to some of its methods and seeds (the command's `--methods`, `--seeds`)."""
+    config = copy.deepcopy(config)
+    if methods:
+        for name in methods:
+            if name not in config.methods:
+                raise ConfigError(f"`--methods`: unknown method {name!r}; the study has {', '.join(config.methods)}.")
+        config.methods = {name: config.methods[name] for name in methods}
+    if seeds:
+        config.seeds = list(seeds)
+        _validate(config)
+    return config

@@ -1,0 +1,631 @@
+"""Run a recommendation study: every (method, seed) of an [`ExperimentConfig`] on one split, one JSON per run.
+
+Layout under `output_dir`: `<split>/<method>/seed<seed>.json` (schema 1, written atomically: a `.json.tmp` file then
+`os.replace`, so a crash or a kill leaves no partial JSON; an existing JSON is a finished run and is skipped) and
+`checkpoints/seed<seed>/sft/` (the seed's SFT model, trained once and shared by sft, sft-continued, dpo and sdpo of
+every split and sitting).
+
+Choices, stated once:
+- Eval rows are a sample of the split drawn by `data_seed`, with candidates drawn by `data_seed`: the same rows and
+  candidate lists for every method and seed, so comparisons are paired by row.
+- The training seed draws the SFT rows, the preference rows (an independent sample: seed + `PREFERENCE_SEED_OFFSET`),
+  their negatives, LoRA initialization and data order.
+- sft-continued, dpo and sdpo start from the seed's SFT checkpoint, train on the same preference rows for the same
+  number of optimizer steps, and use the SFT model as reference (dpo and sdpo). dpo is TRL's own `DPOTrainer`
+  (sigmoid loss) on the first negative of each S-DPO row; sft-continued is SFT on the rows' prompt + chosen.
+- `base` does not depend on the seed: it is evaluated once per split and the same result is written for every seed
+  (`"seed_independent": true` in its JSON).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .experiment_config import (
+    BASELINE_KINDS,
+    LM_KINDS,
+    PREFERENCE_KINDS,
+    TINY_RANDOM,
+    ConfigError,
+    ExperimentConfig,
+    MethodConfig,
+    StageSettings,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = 1
+PREFERENCE_SEED_OFFSET = 1_000_003
+_STAGE_MARKER = "trl_sdpo_stage.json"  # written last into a checkpoint folder: without it the folder is incomplete
+# Top-level settings that do not change a run's result, left out of the `config` compared when a run is skipped.
+_NOT_RESULT_KEYS = ("output_dir", "seeds", "preset", "description", "eval_split", "model_cache_dir", "methods")
+
+
+# ------------------------------------------------------------------------------------------------------ the plan
+def run_path(output_dir: str | Path, split: str, method: str, seed: int) -> Path:
+    """Where the JSON of one run goes."""
+    return Path(output_dir) / split / method / f"seed{seed}.json"
+
+
+def sft_checkpoint_dir(output_dir: str | Path, seed: int) -> Path:
+    """Where the SFT model of a seed is saved (independent of the split)."""
+    return Path(output_dir) / "checkpoints" / f"seed{seed}" / "sft"
+
+
+def stage_steps(stage: StageSettings) -> int | None:
+    """Optimizer steps of a stage: `steps`, or the steps of `epochs` epochs over `train_rows` (None: whole split)."""
+    if stage.steps is not None:
+        return stage.steps
+    if stage.train_rows is None:
+        return None
+    per_epoch = math.ceil(stage.train_rows / (stage.batch_size * stage.gradient_accumulation_steps))
+    return math.ceil(per_epoch * stage.epochs)
+
+
+def _steps_text(stage: StageSettings) -> str:
+    steps = stage_steps(stage)
+    return f"{steps} steps" if steps is not None else f"{stage.epochs} epochs"
+
+
+def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
+    """
+    What a call of [`run_experiment`] would do: the runs still to do, those done, the SFT checkpoints to train,
+    the optimizer steps and the rows to evaluate.
+    """
+    split = split or config.eval_split
+    todo, done, sft_to_train = [], [], []
+    steps = 0
+    lm_evaluations = 0
+    for seed in config.seeds:
+        needs_sft = False
+        for name, method in config.methods.items():
+            path = run_path(config.output_dir, split, name, seed)
+            (done if path.exists() else todo).append((name, seed))
+            if path.exists():
+                continue
+            if method.kind in ("sft", *PREFERENCE_KINDS):
+                needs_sft = True
+            if method.kind in PREFERENCE_KINDS:
+                steps += stage_steps(method.settings) or 0
+            if method.kind in LM_KINDS and not (method.kind == "base" and lm_evaluations and seed != config.seeds[0]):
+                lm_evaluations += 1
+        if needs_sft and not (sft_checkpoint_dir(config.output_dir, seed) / _STAGE_MARKER).exists():
+            sft_to_train.append(seed)
+            steps += stage_steps(config.sft) or 0
+    return {
+        "split": split,
+        "todo": todo,
+        "done": done,
+        "sft_to_train": sft_to_train,
+        "optimizer_steps": steps,
+        "lm_evaluations": lm_evaluations,
+        "eval_rows": config.eval_rows,
+    }
+
+
+def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
+    """The plan as text (`trl-sdpo experiment --dry-run`)."""
+    p = plan(config, split)
+    lines = [
+        f"study {config.study!r}, preset {config.preset!r}, split {p['split']}, output {config.output_dir}",
+        f"model {config.model or 'SmolLM2-135M-Instruct (embedded)'}, {config.num_candidates} candidates, "
+        f"{config.eval_rows or 'all'} eval rows (data seed {config.data_seed}), seeds {config.seeds}, "
+        f"generation {'on' if config.generation else 'off'}",
+        f"SFT stage: {config.sft.train_rows or 'all'} rows, {_steps_text(config.sft)} x {config.sft.batch_size} rows "
+        f"x {config.sft.gradient_accumulation_steps} accumulation, lr {config.sft.learning_rate}",
+    ]
+    for name, method in config.methods.items():
+        line = f"  {name:<16} kind {method.kind:<14}"
+        if method.settings is not None:
+            s = method.settings
+            line += (
+                f"{s.train_rows or 'all'} rows, {_steps_text(s)} x {s.batch_size} x {s.gradient_accumulation_steps}, "
+                f"lr {s.learning_rate}"
+            )
+            if method.kind != "sft-continued":
+                line += f", beta {s.beta}, k {1 if method.kind == 'dpo' else s.num_negatives} {s.negative_strategy}"
+        lines.append(line)
+    lines.append(f"runs to do: {len(p['todo'])} ({', '.join(f'{m}/seed{s}' for m, s in p['todo']) or 'none'})")
+    lines.append(f"runs done (skipped): {len(p['done'])}")
+    lines.append(f"SFT checkpoints to train: seeds {p['sft_to_train'] or 'none'}")
+    lines.append(
+        f"estimated: {p['optimizer_steps']} optimizer steps (stages given in epochs of the whole split not counted), "
+        f"{p['lm_evaluations']} LM evaluations of "
+        f"{config.eval_rows or 'all'} rows"
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------- models
+_tokenizers: dict[str, Any] = {}
+
+
+def default_tokenizer(cache_dir: str | None = None):
+    """The embedded SmolLM2 tokenizer: from the converted cache when there, else straight from the GGUF (seconds)."""
+    from transformers import AutoTokenizer
+
+    from .models import _MARKER, default_gguf_path, default_model_dir, prepare_tokenizer
+
+    if "default" not in _tokenizers:
+        cached = default_model_dir(cache_dir)
+        if (cached / _MARKER).is_file():
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+        else:
+            gguf = default_gguf_path()
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _tokenizers["default"] = prepare_tokenizer(tokenizer)
+    return copy.deepcopy(_tokenizers["default"])
+
+
+def tiny_random_model(tokenizer):
+    """A 2-layer random-weight Llama (seeded, so every call builds the same weights) for smoke runs only."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def load_base_model(config: ExperimentConfig):
+    """(model, tokenizer) of the study's starting model: `model`, the embedded default, or `tiny-random`."""
+    import torch
+
+    from .models import load_model_and_tokenizer
+
+    if config.model == TINY_RANDOM:
+        tokenizer = default_tokenizer(config.model_cache_dir)
+        return tiny_random_model(tokenizer), tokenizer
+    return load_model_and_tokenizer(config.model, cache_dir=config.model_cache_dir, dtype=getattr(torch, config.dtype))
+
+
+def load_checkpoint(path: Path, config: ExperimentConfig):
+    import torch
+
+    from .models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(str(path), dtype=getattr(torch, config.dtype))
+
+
+def _peft_config(config: ExperimentConfig):
+    if config.lora is None:
+        return None
+    from peft import LoraConfig
+
+    targets = config.lora.target_modules
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
+    )
+
+
+def training_args(config_class, config: ExperimentConfig, stage: StageSettings, seed: int, output_dir: Path, **extra):
+    """A TRL config (`SFTConfig`, `DPOConfig`, `SDPOConfig`) for one stage: no saving, a log line per step."""
+    import torch
+
+    length = {"max_steps": stage.steps} if stage.steps is not None else {"num_train_epochs": stage.epochs}
+    return config_class(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        learning_rate=stage.learning_rate,
+        lr_scheduler_type=stage.lr_scheduler_type,
+        warmup_steps=stage.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers >= 5)
+        max_length=config.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        activation_checkpointing=config.activation_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=config.bf16,
+        seed=seed,
+        data_seed=seed,
+        **length,
+        **extra,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ small helpers
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float | None], name: str):
+    since = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - since, 2)
+
+
+def run_settings(config: ExperimentConfig, method: MethodConfig) -> dict[str, Any]:
+    """The settings that decide one run's result: shared data/model/eval settings, the SFT stage if used, the method."""
+    shared = {k: v for k, v in config.to_dict().items() if k not in _NOT_RESULT_KEYS}
+    if method.kind not in ("sft", *PREFERENCE_KINDS):
+        shared.pop("sft")
+    shared.pop("preference")
+    if method.kind in BASELINE_KINDS:
+        lm_keys = ("model", "dtype", "bf16", "lora", "activation_checkpointing", "max_length", "generation")
+        for key in (*lm_keys, "max_new_tokens", "eval_batch_size"):
+            shared.pop(key)
+    shared["method"] = dataclasses.asdict(method)
+    return _json_safe(shared)
+
+
+def _row_ids(examples) -> list[str]:
+    return [f"{e.row.split}:{e.row.index}" for e in examples]
+
+
+def _check_existing(path: Path, settings: dict[str, Any]) -> None:
+    try:
+        existing = json.loads(path.read_text())
+    except ValueError as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}); delete it to run it again.") from None
+    if existing.get("config") != settings:
+        raise ConfigError(
+            f"{path} was written with other settings than this study's (preset {existing.get('preset')!r}); "
+            "choose another --output_dir, or delete the file to run it again."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------- the runner
+class _Runner:
+    def __init__(self, config: ExperimentConfig, split: str, show_progress: bool):
+        self.config, self.split, self.show_progress = config, split, show_progress
+        self.output_dir = Path(config.output_dir)
+        self._preference_cache: dict[tuple, Any] = {}
+        self._base_result: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- data
+    def load_data(self) -> None:
+        from .builders import build_examples
+        from .loaders import load_dataset_by_name
+
+        c = self.config
+        self.dataset = load_dataset_by_name(c.dataset, data_dir=c.data_dir, min_history=c.min_history)
+        self.eval_examples = build_examples(
+            self.dataset, self.split, seed=c.data_seed, max_rows=c.eval_rows, **self._rows()
+        )
+        self.row_ids = _row_ids(self.eval_examples)
+
+    def _rows(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "num_candidates": c.num_candidates,
+            "sampler": c.sampler,
+            "conversational": c.conversational,
+            "paraphrase": c.paraphrase,
+        }
+
+    def train_examples(self, rows: int, seed: int):
+        from .builders import build_examples
+
+        return build_examples(self.dataset, "train", seed=seed, max_rows=rows, **self._rows())
+
+    # ---------------------------------------------------------------- SFT checkpoint
+    def sft_checkpoint(self, seed: int) -> tuple[Path, dict[str, Any]]:
+        """The seed's SFT checkpoint folder and its record (settings, log history, time); trained if missing."""
+        directory = sft_checkpoint_dir(self.output_dir, seed)
+        settings = _json_safe({"sft": dataclasses.asdict(self.config.sft), **self._model_settings(), "seed": seed})
+        marker = directory / _STAGE_MARKER
+        if marker.is_file():
+            record = json.loads(marker.read_text())
+            if record.get("settings") != settings:
+                raise ConfigError(
+                    f"{directory} holds an SFT model trained with other settings than this study's `sft:` "
+                    "section; choose another --output_dir or delete the folder."
+                )
+            return directory, record
+        record = train_sft_checkpoint(self, seed, directory, settings)
+        return directory, record
+
+    def _model_settings(self) -> dict[str, Any]:
+        c = self.config
+        keys = ("dataset", "data_dir", "min_history", "sampler", "num_candidates", "conversational", "paraphrase")
+        keys += ("model", "dtype", "max_length", "activation_checkpointing", "bf16")
+        return {k: getattr(c, k) for k in keys} | {"lora": dataclasses.asdict(c.lora) if c.lora else None}
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, model, tokenizer, timings) -> tuple[dict, dict]:
+        from transformers import set_seed
+
+        from .evaluate import evaluate_generation
+        from .ranking import evaluate_ranking
+
+        c = self.config
+        model.eval()
+        set_seed(c.data_seed)
+        generation, hits, valid = None, None, None
+        if c.generation:
+            with _timed(timings, "eval_generation"):
+                result = evaluate_generation(
+                    model,
+                    tokenizer,
+                    self.eval_examples,
+                    batch_size=c.eval_batch_size,
+                    max_new_tokens=c.max_new_tokens,
+                    return_records=True,
+                    show_progress=self.show_progress,
+                )
+            records = result.pop("records")
+            generation = result
+            hits = [int(r["hit"]) for r in records]
+            valid = [int(r["valid"]) for r in records]
+        with _timed(timings, "eval_ranking"):
+            ranking = evaluate_ranking(
+                model,
+                tokenizer,
+                self.eval_examples,
+                batch_size=c.eval_batch_size,
+                return_records=True,
+                show_progress=self.show_progress,
+            )
+        ranks = [r["rank"] for r in ranking.pop("records")]
+        metrics = {"generation": generation, "ranking": ranking}
+        rows = {"ids": self.row_ids, "target_rank": ranks, "generation_hit": hits, "generation_valid": valid}
+        return metrics, rows
+
+    # ---------------------------------------------------------------- methods
+    def run_method(self, method: MethodConfig, seed: int) -> dict[str, Any] | None:
+        timings: dict[str, float | None] = {"train": None, "eval_generation": None, "eval_ranking": None}
+        extra: dict[str, Any] = {}
+        log_history: list = []
+        start = time.perf_counter()
+        if method.kind in BASELINE_KINDS:
+            ranks = self.baseline_ranks(method, seed, timings)
+            if ranks is None:
+                return None
+            from .metrics import ranking_metrics
+
+            metrics = {"generation": None, "ranking": ranking_metrics(ranks)}
+            rows = {"ids": self.row_ids, "target_rank": list(ranks), "generation_hit": None, "generation_valid": None}
+        elif method.kind == "base":
+            if self._base_result is None:
+                self._base_result = self.existing_base(method) or self.evaluate_base(timings, seed)
+            metrics, rows, timings, extra["evaluated_with_seed"] = copy.deepcopy(self._base_result)
+            extra["seed_independent"] = True
+            extra["note"] = (
+                "base does not depend on the seed: evaluated once per split, the same result for every seed"
+            )
+        else:
+            directory, record = self.sft_checkpoint(seed)
+            extra["sft_checkpoint"] = str(directory)
+            extra["sft_train_s"] = record["train_s"]
+            model, tokenizer = load_checkpoint(directory, self.config)
+            if method.kind == "sft":
+                log_history = record["log_history"]
+                timings["train"] = record["train_s"]
+            else:
+                with _timed(timings, "train"):
+                    model, log_history, info = train_preference(self, method, seed, model, tokenizer)
+                extra.update(info)
+            metrics, rows = self.evaluate(model, tokenizer, timings)
+            del model
+        timings["total"] = round(time.perf_counter() - start, 2) if method.kind != "base" else timings["total"]
+        return {
+            "metrics": metrics,
+            "rows": rows,
+            "log_history": _json_safe(log_history),
+            "timings_s": timings,
+            **extra,
+        }
+
+    def evaluate_base(self, timings, seed: int):
+        start = time.perf_counter()
+        model, tokenizer = load_base_model(self.config)
+        metrics, rows = self.evaluate(model, tokenizer, timings)
+        timings["total"] = round(time.perf_counter() - start, 2)
+        return metrics, rows, timings, seed
+
+    def existing_base(self, method: MethodConfig):
+        """The base result of another seed of this split with the same settings, written in an earlier sitting."""
+        settings = run_settings(self.config, method)
+        for path in sorted((self.output_dir / self.split / method.name).glob("seed*.json")):
+            data = json.loads(path.read_text())
+            if data.get("config") == settings and data["rows"]["ids"] == self.row_ids:
+                return data["metrics"], data["rows"], data["timings_s"], data.get("evaluated_with_seed")
+        return None
+
+    def baseline_ranks(self, method: MethodConfig, seed: int, timings) -> list[int] | None:
+        from .baselines import popularity_ranks, random_ranks
+
+        with _timed(timings, "train"):
+            if method.kind == "random":
+                return random_ranks(self.eval_examples, seed=seed)
+            if method.kind == "popular":
+                return popularity_ranks(self.dataset, self.eval_examples)
+            try:
+                from .sasrec import sasrec_ranks
+            except ImportError as error:
+                logger.warning(
+                    f"Skipping {method.name}: SASRec is not available ({error}); pip install 'trl-sdpo[baselines]'."
+                )
+                return None
+            return sasrec_ranks(self.dataset, self.eval_examples, seed=seed, **method.options)
+
+
+def train_sft_checkpoint(runner: _Runner, seed: int, directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Train the SFT stage of a seed from the base model and save it (merged) with its record, atomically."""
+    from transformers import set_seed
+    from trl import SFTConfig
+
+    from ..commands.common import plain_model
+    from ..commands.training import train_sft
+    from .builders import build_sft_dataset
+
+    config = runner.config
+    logger.info(f"[experiment] SFT of seed {seed}: {stage_steps(config.sft)} steps, saved to {directory}")
+    start = time.perf_counter()
+    set_seed(seed)
+    model, tokenizer = load_base_model(config)
+    examples = runner.train_examples(config.sft.train_rows, seed)
+    tmp = directory.with_name(directory.name + ".tmp")
+    args = training_args(SFTConfig, config, config.sft, seed, tmp / "trainer")
+    model, metrics = train_sft(model, tokenizer, build_sft_dataset(examples), args, peft_config=_peft_config(config))
+    train_s = round(time.perf_counter() - start, 2)
+    model = plain_model(model)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    record = {"settings": settings, "log_history": _json_safe(metrics["log_history"]), "train_s": train_s}
+    (tmp / _STAGE_MARKER).write_text(json.dumps(record, indent=1) + "\n")
+    if directory.exists():  # an incomplete folder of a killed sitting (no marker)
+        import shutil
+
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return record
+
+
+def preference_rows(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer):
+    """The preference examples and S-DPO rows of a method; cached so that dpo and sdpo train on the same rows."""
+    from ..commands.training import build_preference_rows
+
+    s = method.settings
+    key = (seed, s.train_rows, s.num_negatives, s.negative_strategy)
+    if key not in runner._preference_cache:
+        examples = runner.train_examples(s.train_rows, seed + PREFERENCE_SEED_OFFSET)
+        rows = build_preference_rows(
+            examples, runner.dataset, s.num_negatives, s.negative_strategy, seed, model, tokenizer
+        )
+        runner._preference_cache[key] = (examples, rows)
+    return runner._preference_cache[key]
+
+
+def train_preference(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer):
+    """Train sft-continued, dpo or sdpo from the SFT model; returns (plain model, log history, info for the JSON)."""
+    from transformers import set_seed
+    from trl import DPOConfig, SFTConfig
+
+    from ..commands.common import plain_model
+    from ..commands.training import reference_copy, train_sdpo, train_sft
+    from ..config import SDPOConfig
+    from .builders import build_sft_dataset
+
+    config, s = runner.config, method.settings
+    examples, rows = preference_rows(runner, method, seed, model, tokenizer)
+    out = runner.output_dir / "checkpoints" / f"seed{seed}" / f"trainer-{method.name}"
+    peft = _peft_config(config)
+    set_seed(seed)
+    info = {"train_rows": len(examples)}
+    if method.kind == "sft-continued":
+        args = training_args(SFTConfig, config, s, seed, out)
+        model, metrics = train_sft(model, tokenizer, build_sft_dataset(examples), args, peft_config=peft)
+    elif method.kind == "sdpo":
+        args = training_args(SDPOConfig, config, s, seed, out, beta=s.beta, num_negatives=s.num_negatives)
+        model, metrics = train_sdpo(model, tokenizer, rows, args, peft_config=peft)
+    else:
+        from trl import DPOTrainer
+
+        # k=1 on the same rows: the first negative of each S-DPO row
+        pairs = rows.map(lambda row: {"rejected": row["rejected"][0]})
+        info["dpo_negative"] = f"first of the {s.num_negatives} {s.negative_strategy} negatives of each S-DPO row"
+        args = training_args(DPOConfig, config, s, seed, out, beta=s.beta, loss_type=["sigmoid"])
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=reference_copy(model) if peft is None else None,
+            args=args,
+            train_dataset=pairs,
+            processing_class=tokenizer,
+            peft_config=peft,
+        )
+        trainer.train()
+        model, metrics = trainer.model, {"log_history": trainer.state.log_history}
+    return plain_model(model), metrics["log_history"], info
+
+
+def run_experiment(
+    config: ExperimentConfig, split: str | None = None, show_progress: bool = True
+) -> dict[str, list[tuple[str, int]]]:
+    """
+    Run every (method, seed) of `config` on `split` that has no JSON yet, writing one JSON per run.
+
+    Args:
+        config (`ExperimentConfig`): The validated study (see [`load_experiment_config`]).
+        split (`str`, *optional*): `valid` or `test`; defaults to `config.eval_split`.
+        show_progress (`bool`, *optional*, defaults to `True`): Progress bars over runs, training and evaluation.
+
+    Returns:
+        `dict` with `"written"`, `"skipped"` and `"unavailable"` lists of (method, seed).
+    """
+    from ..machine import machine_info, package_versions
+
+    split = split or config.eval_split
+    if split not in ("valid", "test"):
+        raise ConfigError(f"`split` is {split!r}; expected valid or test.")
+    runner = _Runner(config, split, show_progress)
+    result: dict[str, list] = {"written": [], "skipped": [], "unavailable": []}
+    todo = []
+    for seed in config.seeds:
+        for name, method in config.methods.items():
+            path = run_path(config.output_dir, split, name, seed)
+            if path.exists():
+                _check_existing(path, run_settings(config, method))
+                logger.info(f"[experiment] {split} {name} seed {seed}: {path} exists, skipped")
+                result["skipped"].append((name, seed))
+            else:
+                todo.append((name, method, seed, path))
+    if not todo:
+        return result
+    runner.load_data()
+    machine, versions = machine_info(), package_versions()
+    with tqdm(total=len(todo), desc="Runs", disable=not show_progress) as bar:
+        for name, method, seed, path in todo:
+            bar.set_postfix_str(f"{name} seed {seed}")
+            logger.info(f"[experiment] {split} {name} (kind {method.kind}) seed {seed}")
+            outcome = runner.run_method(method, seed)
+            if outcome is None:
+                result["unavailable"].append((name, seed))
+            else:
+                data = {
+                    "schema": SCHEMA,
+                    "study": config.study,
+                    "preset": config.preset,
+                    "method": name,
+                    "kind": method.kind,
+                    "seed": seed,
+                    "split": split,
+                    "config": run_settings(config, method),
+                    **outcome,
+                    "versions": versions,
+                    "machine": machine,
+                    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                }
+                write_json_atomic(path, data)
+                result["written"].append((name, seed))
+            bar.update(1)
+    return result
