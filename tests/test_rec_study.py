@@ -240,8 +240,9 @@ def test_results_markdown_lists_every_run_and_the_command_writes_it(tmp_path):
     text = results_markdown(study, n_boot=200)
     assert "Test CPU 9000, AVX-512, 2 CPUs (2 torch threads), no GPU" in text
     assert "| sdpo − dpo | HR@1 |" in text and "Claim check on `test`" in text
-    assert "`train.k=7`" in text  # the variant's own setting
-    assert text.count("| test | ") == 10 and text.count("| valid | sdpo-k7 | sdpo |") == 1
+    # Configurations: 5 (test, method) lines + the variant; every run: 10 test runs + 1 valid run.
+    assert text.count("| test | ") == 5 + 10 and text.count("| valid | sdpo-k7 |") == 2
+    assert "| valid | sdpo-k7 | sdpo | smoke | 0 | `train.k=7` |" in text  # `model` is shared by every run
     output = tmp_path / "docs" / "results.md"
     assert main(["results", str(study), "--output", str(output), "--n_boot", "200"]) == 0
     assert output.read_text() == text

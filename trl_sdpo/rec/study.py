@@ -122,7 +122,8 @@ def load_study(directory: str | Path) -> list[dict[str, Any]]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"Study folder {directory} does not exist.")
-    paths = sorted(p for p in directory.glob("*/*/seed*.json") if p.parts[-4] != "checkpoints")
+    # checkpoints/ holds the SFT models, not runs.
+    paths = sorted(p for p in directory.glob("*/*/seed*.json") if p.relative_to(directory).parts[0] != "checkpoints")
     if not paths:
         raise FileNotFoundError(f"No run JSON (<split>/<method>/seed<seed>.json) under {directory}.")
     runs = [load_run(p) for p in paths]

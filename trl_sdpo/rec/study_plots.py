@@ -126,6 +126,9 @@ def plot_wall_time(runs: Iterable[dict[str, Any]], split: str):
         height = np.array([np.mean([r["timings_s"].get(stage) or 0.0 for r in group]) for _, group in groups])
         ax.bar(x, height, bottom=bottom, color=f"C{i}", label=stage)
         bottom += height
+    # Error bar: sample std over seeds of the three stages' sum.
+    totals = [[sum(r["timings_s"].get(stage) or 0.0 for stage in stages) for r in group] for _, group in groups]
+    ax.errorbar(x, bottom, yerr=[np.std(t, ddof=1) if len(t) > 1 else 0.0 for t in totals], fmt="none", color="k")
     ax.set_xticks(x, [m for m, _ in groups], rotation=30, ha="right")
     ax.set_ylabel("seconds (mean over seeds)")
     ax.set_title(f"wall time per method ({split})")

@@ -95,38 +95,57 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def configurations_markdown(runs: list[dict[str, Any]]) -> str:
     """
-    Every run of a study, one line each: its settings that differ from those all runs share, and its metrics.
+    Every configuration and every run of a study, with nothing left out.
 
-    The settings every run shares are listed once above the table; a setting that differs only between the seeds of
-    one method (the seed itself) is shown in that run's line too, so nothing about any run is hidden.
+    Three layers, so that each setting is written once: the settings that every run having them shares, when more
+    than one method has them (baselines have no model settings); per (split, method), its other settings; per run,
+    its metrics and any setting that differs between the seeds of its method.
     """
     flats = [_flatten(run["config"]) for run in runs]
     keys = sorted(set().union(*flats)) if flats else []
-    shared = {k: flats[0][k] for k in keys if all(k in f and f[k] == flats[0].get(k) for f in flats)}
-    lines = ["Settings shared by every run:", ""]
+    shared = {}
+    for key in keys:
+        values = {f[key] for f in flats if key in f}
+        # A setting only one method has (a variant's override) belongs to that method's line, not to the shared list.
+        holders = {(r["split"], r["method"]) for r, f in zip(runs, flats) if key in f}
+        if len(values) == 1 and len(holders) > 1:
+            shared[key] = values.pop()
+    lines = ["Settings shared by every run that has them (held by more than one method):", ""]
     lines += [f"- `{k}` = `{v}`" for k, v in shared.items()] or ["- (none)"]
-    header = ["split", "method", "kind", "preset", "seed", *HEADERS.values(), "time (s)", "settings of this run"]
+
+    def own(flat: dict[str, str], skip) -> str:
+        return ", ".join(
+            f"`{k}={v}`" for k, v in flat.items() if k not in skip and k not in ("method.name", "method.kind")
+        )
+
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault((run["split"], run["method"]), []).append(i)
+    config_rows, varying = [], {}
+    for (split, method), members in groups.items():
+        first = flats[members[0]]
+        constant = {k: v for k, v in first.items() if all(flats[i].get(k) == v for i in members)}
+        varying.update({i: set(shared) | set(constant) for i in members})
+        seeds = ", ".join(str(runs[i]["seed"]) for i in members)
+        run = runs[members[0]]
+        config_rows.append(
+            [split, method, run["kind"], run["preset"], seeds, own(constant, shared) or "(shared only)"]
+        )
+    lines += ["", "Configurations (settings beyond the shared ones):", ""]
+    lines.append(markdown_table(["split", "method", "kind", "preset", "seeds", "settings"], config_rows))
+
+    header = ["split", "method", "seed", *HEADERS.values(), "time (s)", "settings varying between seeds"]
     rows = []
-    for run, flat in zip(runs, flats):
+    for i, (run, flat) in enumerate(zip(runs, flats)):
         metrics = []
         for _, section, key in SUMMARY_METRICS:
             value = (run["metrics"].get(section) or {}).get(key)
             metrics.append("—" if value is None else f"{value:.4f}")
-        own = ", ".join(f"`{k}={v}`" for k, v in flat.items() if k not in shared)
         total = run["timings_s"].get("total")
-        rows.append(
-            [
-                run["split"],
-                run["method"],
-                run["kind"],
-                run["preset"],
-                run["seed"],
-                *metrics,
-                "—" if total is None else f"{total:.0f}",
-                own or "(shared only)",
-            ]
-        )
-    return "\n".join([*lines, "", markdown_table(header, rows)])
+        time = "—" if total is None else f"{total:.0f}"
+        rows.append([run["split"], run["method"], run["seed"], *metrics, time, own(flat, varying[i]) or "—"])
+    lines += ["", "Every run:", "", markdown_table(header, rows)]
+    return "\n".join(lines)
 
 
 def _machines(runs: list[dict[str, Any]]) -> list[str]:
