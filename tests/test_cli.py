@@ -69,6 +69,7 @@ def test_each_command_help_shows_its_flags_with_help_text(command, capsys):
         "eval": ["--model", "--split", "--max_new_tokens", "--report"],
         "demo": ["--train_rows", "--eval_rows", "--sft_steps", "--eval_split", "--report"],
         "experiment": ["--config", "--preset", "--split", "--methods", "--seeds", "--dry_run"],
+        "results": ["study_dirs", "--output", "--n_boot"],
     }[command]
     for flag in expected:
         assert flag in out, flag
