@@ -105,10 +105,14 @@ def test_summary_mean_and_sample_std_over_seeds(tmp_path):
     ):
         write_run(tmp_path, "test", "dpo", seed, ranks, hits=[0, 0, 0, 0], valid=valid, timings_s={"total": total})
     write_run(tmp_path, "test", "popular", 0, [3, 3, 3, 1])
+    for seed in (0, 1):  # evaluated once, copied to every seed
+        write_run(tmp_path, "test", "base", seed, [1, 2, 2, 2], seed_independent=True)
     write_run(tmp_path, "valid", "dpo", 0, [1, 1, 1, 1])
     table = summary_table(load_study(tmp_path), "test")
-    assert [e["method"] for e in table] == ["dpo", "popular"]
-    dpo, popular = table
+    assert [e["method"] for e in table] == ["base", "dpo", "popular"]
+    base, dpo, popular = table
+    assert base["n_seeds"] == 1 and base["seeds"] == [0, 1] and base["seed_independent"]
+    assert base["ranking/hr@1"][0] == 0.25 and math.isnan(base["ranking/hr@1"][1])
     assert dpo["n_seeds"] == 3 and dpo["seeds"] == [0, 1, 2]
     assert dpo["ranking/hr@1"] == pytest.approx((0.5, 0.25), abs=1e-12)
     assert dpo["generation/valid_ratio"] == pytest.approx((0.75, 0.25), abs=1e-12)

@@ -211,23 +211,28 @@ def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, 
 
     Returns:
         `list[dict]`, one per method in table order, with `"method"`, `"kind"`, `"preset"`, `"seeds"` (list),
-        `"n_seeds"`, and for each metric of `SUMMARY_METRICS` and `"time/total"` (wall seconds of the run's own
+        `"n_seeds"` (1 for a seed-independent method, whose one result every seed's JSON repeats),
+        `"seed_independent"`, and for each metric of `SUMMARY_METRICS` and `"time/total"` (wall seconds of the run's own
         stages) a `(mean, std)` pair; `(nan, nan)` where the method has no such metric (baselines do not generate).
     """
     table = []
     for (run_split, method), group in group_runs(runs).items():
         if run_split != split:
             continue
+        # A seed-independent method (base) is evaluated once and its result copied to every seed: one value, no std.
+        independent = all(run.get("seed_independent") for run in group)
+        counted = group[:1] if independent else group
         entry: dict[str, Any] = {
             "method": method,
             "kind": group[0]["kind"],
             "preset": group[0]["preset"],
             "seeds": [run["seed"] for run in group],
-            "n_seeds": len(group),
+            "n_seeds": len(counted),
+            "seed_independent": independent,
         }
         for metric, section, key in SUMMARY_METRICS:
-            entry[metric] = mean_std([(run["metrics"].get(section) or {}).get(key) for run in group])
-        entry["time/total"] = mean_std([run["timings_s"].get("total") for run in group])
+            entry[metric] = mean_std([(run["metrics"].get(section) or {}).get(key) for run in counted])
+        entry["time/total"] = mean_std([run["timings_s"].get("total") for run in counted])
         table.append(entry)
     return table
 

@@ -54,7 +54,7 @@ def summary_markdown(table: list[dict[str, Any]]) -> str:
     rows = [
         [
             entry["method"],
-            entry["n_seeds"],
+            "1 (seed-independent)" if entry["seed_independent"] else entry["n_seeds"],
             *(format_mean_std(entry[m]) for m, _, _ in SUMMARY_METRICS),
             format_mean_std(entry["time/total"], digits=0),
         ]
