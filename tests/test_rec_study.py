@@ -185,6 +185,7 @@ def test_mismatched_row_ids_are_refused(tmp_path):
         ({"seed": 3}, "does not match its place"),
         ({"kind": "ppo"}, "'kind' is 'ppo'"),
         ({"metrics": {"generation": None, "ranking": {"hr@1": 0.9}}}, r"'metrics.ranking.hr@1' = 0.9"),
+        ({"rows": [1, 2]}, "'rows' must be a JSON object"),
     ],
 )
 def test_bad_run_json_is_refused_naming_the_field(tmp_path, change, message):
@@ -194,6 +195,14 @@ def test_bad_run_json_is_refused_naming_the_field(tmp_path, change, message):
     path.write_text(json.dumps(run))
     with pytest.raises(ValueError, match=message):
         load_study(tmp_path)
+
+
+def test_checkpoints_and_partial_files_are_not_runs(tmp_path):
+    write_run(tmp_path, "test", "dpo", 0, [1, 2])
+    (tmp_path / "checkpoints" / "seed0").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "seed0" / "seed0.json").write_text("{}")
+    (tmp_path / "test" / "dpo" / "seed1.json.tmp").write_text("{")  # a run killed while writing
+    assert [run["path"] for run in load_study(tmp_path)] == [str(tmp_path / "test" / "dpo" / "seed0.json")]
 
 
 def test_mixed_presets_in_one_method_are_refused(tmp_path):

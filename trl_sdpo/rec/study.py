@@ -55,6 +55,9 @@ def _check_run(run: dict[str, Any], path: Path) -> None:
             f"{path}: the file says split={run['split']!r}, method={run['method']!r}, seed={run['seed']!r}, "
             f"which does not match its place <dir>/{split}/{method}/{name}."
         )
+    for key in ("config", "metrics", "rows", "timings_s"):
+        if not isinstance(run[key], dict):
+            raise ValueError(f"{path}: '{key}' must be a JSON object, got {type(run[key]).__name__}.")
     rows = run["rows"]
     for key in ("ids", "target_rank"):
         if not isinstance(rows.get(key), list):
