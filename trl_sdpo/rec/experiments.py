@@ -495,7 +495,7 @@ def train_sft_checkpoint(runner: _Runner, seed: int, directory: Path, settings: 
     model, tokenizer = load_base_model(config)
     examples = runner.train_examples(config.sft.train_rows, seed)
     tmp = directory.with_name(directory.name + ".tmp")
-    args = training_args(SFTConfig, config, config.sft, seed, tmp / "trainer")
+    args = training_args(SFTConfig, config, config.sft, seed, directory.parent / "trainer-sft")
     model, metrics = train_sft(model, tokenizer, build_sft_dataset(examples), args, peft_config=_peft_config(config))
     train_s = round(time.perf_counter() - start, 2)
     model = plain_model(model)
