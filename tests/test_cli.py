@@ -214,5 +214,26 @@ def test_demo_runs_end_to_end_on_a_tiny_model(lora, tiny_model_dir, tmp_path, ca
     assert second["rewards/margins"] != 0.0
     printed = capsys.readouterr().out
     assert "ValidRatio" in printed and "popular (baseline)" in printed
+    assert report["machine"]["cpu_model"] in printed and "torch threads" in printed  # the machine beside the time
+    # The row-by-row line, recounted here from the per-row ranks of the report
+    before, after = (report["stages"][s]["ranking"]["ranks"] for s in ("sft", "s-dpo"))
+    better, worse = sum(b < a for a, b in zip(before, after)), sum(b > a for a, b in zip(before, after))
+    assert f"row by row on the same 3 rows: the target ranks higher in {better}, lower in {worse}," in printed
     if importlib.util.find_spec("matplotlib"):
         assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_prints_the_committed_experiment_table_only_when_test_runs_exist(tmp_path):
+    from test_rec_study import write_run
+
+    from trl_sdpo.commands.demo import reproduction_summary
+
+    assert reproduction_summary(tmp_path / "absent") is None
+    write_run(tmp_path, "valid", "sdpo", 0, [1, 2, 3, 4])
+    assert reproduction_summary(tmp_path) is None  # selection runs only: no final table yet
+    for seed, ranks in enumerate([[1, 2, 3, 4], [1, 1, 3, 4], [2, 2, 2, 2]]):
+        write_run(tmp_path, "test", "sdpo", seed, ranks, preset="cpu")
+    summary = reproduction_summary(tmp_path)
+    assert "preset 'cpu', test split, 4 rows" in summary and "seeds [0, 1, 2]" in summary
+    # ranking HR@1 per seed 1/4, 2/4, 0/4: mean 0.25, sample std 0.25
+    assert "| sdpo | 3 |" in summary and "0.2500 ± 0.2500" in summary

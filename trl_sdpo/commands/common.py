@@ -139,7 +139,10 @@ def evaluate_model(model, tokenizer, examples, eval_args, show_progress: bool = 
         )
         results["generation"] = generation
     if eval_args.ranking:
-        results["ranking"] = evaluate_ranking(model, tokenizer, examples, batch_size=eval_args.batch_size)
+        ranking = evaluate_ranking(model, tokenizer, examples, batch_size=eval_args.batch_size, return_records=True)
+        # The target's rank in every row, so that two models evaluated on the same rows compare row by row.
+        ranking["ranks"] = [record["rank"] for record in ranking.pop("records")]
+        results["ranking"] = ranking
     model.train(was_training)
     return results
 
