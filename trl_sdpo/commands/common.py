@@ -102,17 +102,10 @@ def lora_config(model_args: ModelArguments):
     )
 
 
-def plain_model(model, merge: bool = True):
-    """A trained model without adapters: LoRA merged into the weights (a no-op for full fine-tuning)."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel) and merge:
-        return model.merge_and_unload()
-    return model
-
-
 def save_model(model, tokenizer, output_dir: str, merge: bool = True) -> None:
     """Save a model that `--model output_dir` loads again: merged weights (or the adapter) plus the tokenizer."""
+    from ..rec.training import plain_model
+
     model = plain_model(model, merge)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..machine import describe_machine, machine_info, package_versions
+from ..rec.training import plain_model, train_sdpo, train_sft
 from .args import DemoArguments, EvalArguments, ModelArguments, RecRowsArguments
 from .common import (
     build_rec_examples,
@@ -20,12 +21,11 @@ from .common import (
     lora_config,
     make_parser,
     parse,
-    plain_model,
     save_model,
     settings,
     setup_logging,
 )
-from .training import build_preference_rows, train_sdpo, train_sft
+from .training import build_preference_rows
 
 logger = logging.getLogger("trl_sdpo.cli")
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
-from typing import Any
 
+from ..rec.training import train_sdpo, train_sft
 from .args import (
     ModelArguments,
     RecRowsArguments,
@@ -74,60 +73,6 @@ def make_train_parser():
 
 
 # ---------------------------------------------------------------------------------------------- training steps
-def _fit(trainer_class, model, tokenizer, train_dataset, args, peft_config, eval_dataset, **extra) -> tuple[Any, dict]:
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        **extra,
-    )
-    output = trainer.train()
-    return trainer.model, {"train": output.metrics, "log_history": trainer.state.log_history}
-
-
-def train_sft(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
-    """Run TRL's SFTTrainer; returns the trained model (a PeftModel with `peft_config`) and the train metrics."""
-    from trl import SFTTrainer
-
-    return _fit(SFTTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset)
-
-
-def train_sdpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
-    """
-    Run SDPOTrainer from `model` with `model` itself as the reference; returns the trained model and metrics.
-
-    With `peft_config` the trainer wraps `model` in a new adapter and uses the adapter-disabled model as reference.
-    Without, we pass a frozen copy ([`reference_copy`]): TRL would otherwise reload the reference from
-    `config._name_or_path`, which for a model fine-tuned in this process is not these weights.
-    """
-    from ..trainer import SDPOTrainer
-
-    ref_model = reference_copy(model) if peft_config is None else None
-    return _fit(SDPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model)
-
-
-def reference_copy(model):
-    """
-    A frozen copy of `model`'s weights in a freshly built model, for use as the S-DPO reference.
-
-    Not `copy.deepcopy`: a model that went through a trainer or an evaluation carries instance-level forward patches
-    (TRL 1.16's `add_fused_lm_head`, ours), and TRL's patch is a closure over the original model's forward. A deep
-    copy keeps that closure, so its plain and TRL-fused forwards run the policy's weights (our log-prob head
-    re-patches a copy, but nothing else that calls the copy would know).
-    """
-    from transformers import AutoModelForCausalLM
-
-    ref = AutoModelForCausalLM.from_config(
-        model.config, dtype=model.dtype, attn_implementation=model.config._attn_implementation
-    )
-    ref.load_state_dict(model.state_dict())
-    ref.generation_config = copy.deepcopy(model.generation_config)
-    return ref.to(model.device).eval().requires_grad_(False)
-
-
 def build_preference_rows(examples, dataset, num_negatives: int, strategy: str, seed: int, model=None, tokenizer=None):
     from ..rec.builders import build_preference_dataset
 

@@ -484,9 +484,8 @@ def train_sft_checkpoint(runner: _Runner, seed: int, directory: Path, settings: 
     from transformers import set_seed
     from trl import SFTConfig
 
-    from ..commands.common import plain_model
-    from ..commands.training import train_sft
     from .builders import build_sft_dataset
+    from .training import plain_model, train_sft
 
     config = runner.config
     logger.info(f"[experiment] SFT of seed {seed}: {stage_steps(config.sft)} steps, saved to {directory}")
@@ -513,14 +512,21 @@ def train_sft_checkpoint(runner: _Runner, seed: int, directory: Path, settings: 
 
 def preference_rows(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer):
     """The preference examples and S-DPO rows of a method; cached so that dpo and sdpo train on the same rows."""
-    from ..commands.training import build_preference_rows
+    from .builders import build_preference_dataset
 
     s = method.settings
     key = (seed, s.train_rows, s.num_negatives, s.negative_strategy)
     if key not in runner._preference_cache:
         examples = runner.train_examples(s.train_rows, seed + PREFERENCE_SEED_OFFSET)
-        rows = build_preference_rows(
-            examples, runner.dataset, s.num_negatives, s.negative_strategy, seed, model, tokenizer
+        hard = s.negative_strategy == "model"  # only model negatives need the SFT model to score candidates
+        rows = build_preference_dataset(
+            examples,
+            num_negatives=s.num_negatives,
+            strategy=s.negative_strategy,
+            seed=seed,
+            dataset=runner.dataset,
+            model=model if hard else None,
+            tokenizer=tokenizer if hard else None,
         )
         runner._preference_cache[key] = (examples, rows)
     return runner._preference_cache[key]
@@ -531,10 +537,9 @@ def train_preference(runner: _Runner, method: MethodConfig, seed: int, model, to
     from transformers import set_seed
     from trl import DPOConfig, SFTConfig
 
-    from ..commands.common import plain_model
-    from ..commands.training import reference_copy, train_sdpo, train_sft
     from ..config import SDPOConfig
     from .builders import build_sft_dataset
+    from .training import plain_model, train_dpo, train_sdpo, train_sft
 
     config, s = runner.config, method.settings
     examples, rows = preference_rows(runner, method, seed, model, tokenizer)
@@ -549,22 +554,11 @@ def train_preference(runner: _Runner, method: MethodConfig, seed: int, model, to
         args = training_args(SDPOConfig, config, s, seed, out, beta=s.beta, num_negatives=s.num_negatives)
         model, metrics = train_sdpo(model, tokenizer, rows, args, peft_config=peft)
     else:
-        from trl import DPOTrainer
-
         # k=1 on the same rows: the first negative of each S-DPO row
         pairs = rows.map(lambda row: {"rejected": row["rejected"][0]})
         info["dpo_negative"] = f"first of the {s.num_negatives} {s.negative_strategy} negatives of each S-DPO row"
         args = training_args(DPOConfig, config, s, seed, out, beta=s.beta, loss_type=["sigmoid"])
-        trainer = DPOTrainer(
-            model=model,
-            ref_model=reference_copy(model) if peft is None else None,
-            args=args,
-            train_dataset=pairs,
-            processing_class=tokenizer,
-            peft_config=peft,
-        )
-        trainer.train()
-        model, metrics = trainer.model, {"log_history": trainer.state.log_history}
+        model, metrics = train_dpo(model, tokenizer, pairs, args, peft_config=peft)
     return plain_model(model), metrics["log_history"], info
 
 

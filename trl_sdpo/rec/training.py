@@ -1,0 +1,88 @@
+"""
+Training steps on recommendation rows with TRL's trainers, shared by the `trl-sdpo` commands and the experiment runner.
+
+Each step takes a model, trains it and returns the trained model with the trainer's metrics and log history. The
+reference of DPO and S-DPO is the starting model: the adapter-disabled model under LoRA, a frozen copy otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+
+def fit(trainer_class, model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None, **extra) -> tuple:
+    """
+    Build `trainer_class` (a TRL trainer) on the dataset, train, and return `(trained model, metrics)`.
+
+    Returns:
+        `tuple`: the trainer's model (a `PeftModel` with `peft_config`) and `{"train": metrics, "log_history": [...]}`.
+    """
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        **extra,
+    )
+    output = trainer.train()
+    return trainer.model, {"train": output.metrics, "log_history": trainer.state.log_history}
+
+
+def train_sft(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
+    """Run TRL's `SFTTrainer`; returns the trained model (a `PeftModel` with `peft_config`) and the train metrics."""
+    from trl import SFTTrainer
+
+    return fit(SFTTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset)
+
+
+def train_sdpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
+    """
+    Run `SDPOTrainer` from `model` with `model` itself as the reference; returns the trained model and metrics.
+
+    With `peft_config` the trainer wraps `model` in a new adapter and uses the adapter-disabled model as reference.
+    Without, we pass a frozen copy ([`reference_copy`]): TRL would otherwise reload the reference from
+    `config._name_or_path`, which for a model fine-tuned in this process is not these weights.
+    """
+    from ..trainer import SDPOTrainer
+
+    ref_model = reference_copy(model) if peft_config is None else None
+    return fit(SDPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model)
+
+
+def train_dpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
+    """TRL's own `DPOTrainer` (one `rejected` string per row), with the same reference rule as [`train_sdpo`]."""
+    from trl import DPOTrainer
+
+    ref_model = reference_copy(model) if peft_config is None else None
+    return fit(DPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model)
+
+
+def reference_copy(model):
+    """
+    A frozen copy of `model`'s weights in a freshly built model, for use as the DPO / S-DPO reference.
+
+    Not `copy.deepcopy`: a model that went through a trainer or an evaluation carries instance-level forward patches
+    (TRL 1.16's `add_fused_lm_head`, ours), and TRL's patch is a closure over the original model's forward. A deep
+    copy keeps that closure, so its plain and TRL-fused forwards run the policy's weights (our log-prob head
+    re-patches a copy, but nothing else that calls the copy would know).
+    """
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_config(
+        model.config, dtype=model.dtype, attn_implementation=model.config._attn_implementation
+    )
+    ref.load_state_dict(model.state_dict())
+    ref.generation_config = copy.deepcopy(model.generation_config)
+    return ref.to(model.device).eval().requires_grad_(False)
+
+
+def plain_model(model, merge: bool = True):
+    """A trained model without adapters: LoRA merged into the weights (a no-op for full fine-tuning)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and merge:
+        return model.merge_and_unload()
+    return model
