@@ -18,6 +18,7 @@ def fit(trainer_class, model, tokenizer, train_dataset, args, peft_config=None, 
     Returns:
         `tuple`: the trainer's model (a `PeftModel` with `peft_config`) and `{"train": metrics, "log_history": [...]}`.
     """
+    use_cache = getattr(getattr(model, "config", None), "use_cache", None)
     trainer = trainer_class(
         model=model,
         args=args,
@@ -28,6 +29,10 @@ def fit(trainer_class, model, tokenizer, train_dataset, args, peft_config=None, 
         **extra,
     )
     output = trainer.train()
+    # Training switches the KV cache off in the model's config (and `save_pretrained` would write that out), which
+    # makes generation with the trained model, here or after reloading it, recompute the whole prefix every token.
+    if use_cache is not None:
+        trainer.model.config.use_cache = use_cache
     return trainer.model, {"train": output.metrics, "log_history": trainer.state.log_history}
 
 
