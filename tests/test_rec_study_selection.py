@@ -1,0 +1,26 @@
+"""Choosing a variant per kind on valid (`trl_sdpo.rec.study_selection`)."""
+
+from test_rec_study import write_run
+
+from trl_sdpo.rec.study import load_study
+from trl_sdpo.rec.study_selection import select_variants
+
+
+def _config(lr):
+    return {"method": {"settings": {"learning_rate": lr}}}
+
+
+def test_each_kind_keeps_its_best_variant_and_a_tie_keeps_the_default(tmp_path):
+    # NDCG@5 of one row: rank 1 -> 1, rank 3 -> 1/log2(4) = 0.5; means over two seeds written out by hand
+    write_run(tmp_path, "valid", "sdpo", 0, [3], config=_config(1e-5))  # 0.5
+    write_run(tmp_path, "valid", "sdpo", 1, [3], config=_config(1e-5))  # 0.5
+    write_run(tmp_path, "valid", "sdpo-lr1e-4", 0, [1], kind="sdpo", config=_config(1e-4))  # 1.0
+    write_run(tmp_path, "valid", "sdpo-lr1e-4", 1, [3], kind="sdpo", config=_config(1e-4))  # 0.5 -> mean 0.75
+    write_run(tmp_path, "valid", "dpo", 0, [1], config=_config(1e-5))
+    write_run(tmp_path, "valid", "dpo-lr1e-4", 0, [1], kind="dpo", config=_config(1e-4))  # a tie
+    write_run(tmp_path, "test", "sft-continued", 0, [1])  # another split: not a candidate
+    chosen = select_variants(load_study(tmp_path))
+    assert chosen["sdpo"]["method"] == "sdpo-lr1e-4" and chosen["sdpo"]["learning_rate"] == 1e-4
+    assert chosen["sdpo"]["candidates"] == {"sdpo": 0.5, "sdpo-lr1e-4": 0.75}
+    assert chosen["dpo"]["method"] == "dpo" and chosen["dpo"]["learning_rate"] == 1e-5
+    assert "sft-continued" not in chosen
