@@ -41,7 +41,9 @@ def machine_info() -> dict[str, Any]:
     Returns:
         `dict` with `"cpu_model"`, `"avx512"` (whether the CPU has AVX-512F), `"cpu_flags"` (which of the vector
         extensions that matter for matrix products it has), `"logical_cpus"` (usable by this process),
-        `"torch_threads"`, `"gpu"` (the first CUDA device's name, or `None`) and `"platform"`.
+        `"torch_threads"`, `"gpu"` (the first CUDA device's name, or `None`), `"platform"` and `"load_average"` (the
+        1, 5 and 15-minute load averages when recorded, or `None`): a load above the CPU count means other work
+        shared the cores and the times beside it are inflated.
     """
     import torch
 
@@ -58,6 +60,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -66,7 +69,11 @@ def describe_machine(info: dict[str, Any] | None = None) -> str:
     info = info or machine_info()
     simd = "AVX-512" if info["avx512"] else ("AVX2, no AVX-512" if "avx2" in info["cpu_flags"] else "no AVX2")
     gpu = info["gpu"] or "no GPU"
-    return f"{info['cpu_model']}, {simd}, {info['logical_cpus']} CPUs ({info['torch_threads']} torch threads), {gpu}"
+    line = f"{info['cpu_model']}, {simd}, {info['logical_cpus']} CPUs ({info['torch_threads']} torch threads), {gpu}"
+    load = info.get("load_average")
+    if load and load[0] > info["logical_cpus"]:  # other work shared the cores: say so beside any time
+        line += f", shared (load {load[0]:.1f})"
+    return line
 
 
 def package_versions() -> dict[str, str | None]:

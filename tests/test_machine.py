@@ -1,0 +1,33 @@
+"""What every reported time is recorded with (`trl_sdpo.machine`)."""
+
+from trl_sdpo.machine import describe_machine, machine_info, package_versions
+
+
+def _info(**overrides):
+    info = {
+        "cpu_model": "AMD EPYC 9R14",
+        "avx512": False,
+        "cpu_flags": ["avx2", "fma"],
+        "logical_cpus": 2,
+        "torch_threads": 2,
+        "gpu": None,
+        "platform": "Linux",
+        "load_average": [0.5, 0.5, 0.5],
+    }
+    return {**info, **overrides}
+
+
+def test_description_names_the_vector_extensions_and_a_shared_machine():
+    assert describe_machine(_info()) == "AMD EPYC 9R14, AVX2, no AVX-512, 2 CPUs (2 torch threads), no GPU"
+    avx512 = _info(avx512=True, cpu_flags=["avx2", "avx512f"], gpu="NVIDIA H100")
+    assert describe_machine(avx512) == "AMD EPYC 9R14, AVX-512, 2 CPUs (2 torch threads), NVIDIA H100"
+    assert describe_machine(_info(load_average=[3.5, 3.0, 2.0])).endswith("no GPU, shared (load 3.5)")
+
+
+def test_machine_info_and_versions_describe_this_process():
+    info = machine_info()
+    assert set(_info()) == set(info)
+    assert info["avx512"] == ("avx512f" in info["cpu_flags"])
+    assert info["logical_cpus"] >= 1 and info["torch_threads"] >= 1
+    versions = package_versions()
+    assert versions["torch"] and versions["trl"] and versions["python"].count(".") == 2
