@@ -469,8 +469,10 @@ class _Runner:
                 return random_ranks(self.eval_examples, seed=seed)
             if method.kind == "popular":
                 return popularity_ranks(self.dataset, self.eval_examples)
-            try:
-                from .sasrec import sasrec_ranks
+            from .sasrec import require_replay, sasrec_ranks
+
+            try:  # the optional `baselines` extra; the module itself imports without it
+                require_replay()
             except ImportError as error:
                 logger.warning(
                     f"Skipping {method.name}: SASRec is not available ({error}); pip install 'trl-sdpo[baselines]'."

@@ -33,7 +33,7 @@ INSTALL_HINT = 'pip install "trl-sdpo[baselines]"'
 ITEM_FEATURE = "item_id"
 
 
-def _require_replay() -> Any:
+def require_replay() -> Any:
     """Import `replay-rec`'s SASRec pieces lazily: the extra is optional and heavy (lightning, polars, pyarrow)."""
     try:
         from replay.data import FeatureHint, FeatureSource, FeatureType
@@ -191,7 +191,7 @@ def sasrec_ranks(
         max_seq_len + 1,
     )
 
-    replay = _require_replay()
+    replay = require_replay()
     num_items = len(item_ids)
     pad = num_items  # replay-rec expects the padding id to equal the cardinality
     schema = replay.TensorSchema(
