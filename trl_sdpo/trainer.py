@@ -17,10 +17,12 @@ import logging
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model
-from datasets import Dataset, IterableDataset
+from accelerate.utils import is_peft_model, tqdm
+from datasets import Dataset, Features, IterableDataset, List, Value, concatenate_datasets
+from torch.utils.data import DataLoader
 from transformers import AutoProcessor, PreTrainedTokenizerBase, ProcessorMixin
 from trl import DPOConfig, DPOTrainer
+from trl.models import prepare_deepspeed
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, global_then_local_main_first, use_adapter
 
@@ -33,6 +35,8 @@ from .loss import sdpo_loss
 logger = logging.getLogger(__name__)
 
 _TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+# The column types TRL's precompute stores (fp32, as computed).
+_REF_FEATURES = Features({"ref_chosen_logps": Value("float32"), "ref_rejected_logps": List(Value("float32"))})
 
 
 def _as_sdpo_config(args: DPOConfig | None, model: Any) -> SDPOConfig:
@@ -276,6 +280,65 @@ class SDPOTrainer(DPOTrainer):
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"][:, :k]
         chosen, rejected = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
         return chosen, rejected[:, :k]
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        """
+        Add the reference log-probs of every row of `dataset` as columns `ref_chosen_logps` and `ref_rejected_logps`.
+
+        One process: TRL's own method, unchanged (it caches the columns on disk, keyed by dataset and model). Several
+        processes: TRL 1.16 has only rank 0 write that cache file and the other ranks open it at a path they compute
+        themselves; for an in-memory dataset (`Dataset.from_list`, no cache files) that path is a random name in each
+        process's own temporary folder, so every other rank fails in `__init__`. Here each process computes its shard
+        of the rows, the shards are gathered in dataset order, and every process adds the same columns in memory (a
+        few floats per row; nothing is written, so it also works across machines without a shared disk).
+
+        Args:
+            dataset (`Dataset`): A prepared (tokenized) dataset.
+            name (`str`): Its name, for the progress bar.
+            batch_size (`int`): Rows per process per forward pass.
+
+        Returns:
+            `Dataset`: `dataset` with the two columns added, row `i` holding row `i`'s own values.
+        """
+        if self.accelerator.num_processes == 1 or isinstance(dataset, IterableDataset):
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            shuffle=False,
+        )
+        # Sharded in order: step s gives rank r the s*num_processes + r-th batch, so gathering a step's batches gives
+        # consecutive rows. The sampler repeats the first rows to give every rank a full last batch; gather_for_metrics
+        # drops those repeats at the end of the loader (accelerate's `remainder`), so each row is counted once.
+        loader = self.accelerator.prepare(loader)
+        # As DPOTrainer: before `train` prepares it, a ZeRO model needs an inference engine to place its parameters.
+        if self.ref_model is None and self.is_deepspeed_enabled:
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
+        else:
+            model = self.ref_model or self.model
+        chosen, rejected = [], []
+        for batch in tqdm(loader, desc=f"Computing reference log probs for {name} dataset"):
+            batch_chosen, batch_rejected = self.accelerator.gather_for_metrics(
+                self.compute_ref_log_probs(model, batch)
+            )
+            chosen.append(batch_chosen.cpu())
+            rejected.append(batch_rejected.cpu())
+        # Every batch is padded to the widest k of the prepared datasets (compute_ref_log_probs), so they concatenate.
+        chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+        if len(chosen) != len(dataset):
+            raise RuntimeError(
+                f"Reference log-probs of the {name} dataset: gathered {len(chosen)} rows for {len(dataset)} "
+                "(the distributed sampler's repeated rows were not dropped)."
+            )
+        columns = Dataset.from_dict(
+            {"ref_chosen_logps": chosen.tolist(), "ref_rejected_logps": rejected.tolist()}, features=_REF_FEATURES
+        )
+        return concatenate_datasets([dataset, columns], axis=1)
 
     # ----------------------------------------------------------------- loss
 

@@ -101,6 +101,8 @@ def _eval_examples(dataset, data_args, args, cmd_args):
 
 def _save_and_report(command, model, tokenizer, metrics, dataset, split, num_rows, start, parsed) -> int:
     data_args, model_args, cmd_args, args = parsed
+    if not args.distributed_state.is_main_process:  # under `accelerate launch` every process gets here: one writes
+        return 0
     save_model(model, tokenizer, args.output_dir, merge=model_args.merge_adapter)
     report = {
         "command": command,
