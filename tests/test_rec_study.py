@@ -292,3 +292,10 @@ def test_compare_methods_skips_pairs_not_run(tmp_path):
         ("sdpo", "dpo", "ranking/hr@1"),
         ("sdpo", "dpo", "ranking/ndcg@5"),
     ]
+
+
+def test_results_markdown_carries_the_studys_notes(tmp_path):
+    write_run(tmp_path, "valid", "sft", 0, [1, 2])
+    assert "Sittings" not in results_markdown(tmp_path, n_boot=10)
+    (tmp_path / "NOTES.md").write_text("**Sittings.** One, on a shared machine.\n")
+    assert "**Sittings.** One, on a shared machine." in results_markdown(tmp_path, n_boot=10)

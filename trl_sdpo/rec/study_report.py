@@ -164,12 +164,19 @@ def _versions(runs: list[dict[str, Any]]) -> list[str]:
     return list(seen)
 
 
+NOTES_FILE = "NOTES.md"
+
+
 def study_markdown(directory: str | Path, n_boot: int = 10000, seed: int = 0) -> str:
-    """The section of `docs/results.md` for one study folder (see [`results_markdown`])."""
+    """The section of `docs/results.md` for one study folder (see [`results_markdown`]), with its `NOTES.md` if any."""
     runs = load_study(directory)
     names = sorted({run["study"] for run in runs})
     presets = sorted({run["preset"] for run in runs})
     out = [f"## Study {', '.join(names)} (`{directory}`), preset {', '.join(presets)}", ""]
+    # A study's own notes (what the JSONs cannot say: the sittings, who shared the machine) are part of its record.
+    notes = Path(directory) / NOTES_FILE
+    if notes.is_file():
+        out += [notes.read_text().strip(), ""]
     out += ["Machine(s) the runs were measured on:", ""] + [f"- {m}" for m in _machines(runs)]
     out += ["", "Package versions:", ""] + [f"- {v}" for v in _versions(runs)]
     # test first: it holds the final numbers; valid holds the selection runs.
