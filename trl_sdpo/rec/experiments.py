@@ -469,9 +469,9 @@ class _Runner:
                 return random_ranks(self.eval_examples, seed=seed)
             if method.kind == "popular":
                 return popularity_ranks(self.dataset, self.eval_examples)
-            from .sasrec import require_replay, sasrec_ranks
+            try:  # the optional `baselines` extra: our module imports without it, replay-rec may not be there
+                from .sasrec import require_replay, sasrec_ranks
 
-            try:  # the optional `baselines` extra; the module itself imports without it
                 require_replay()
             except ImportError as error:
                 logger.warning(
