@@ -233,6 +233,10 @@ def test_demo_prints_the_committed_experiment_table_only_when_test_runs_exist(tm
     assert reproduction_summary(tmp_path) is None  # selection runs only: no final table yet
     for seed, ranks in enumerate([[1, 2, 3, 4], [1, 1, 3, 4], [2, 2, 2, 2]]):
         write_run(tmp_path, "test", "sdpo", seed, ranks, preset="cpu")
+    write_run(tmp_path, "test", "dpo", 0, [1, 2, 3, 4], preset="cpu")  # a study half done: no table yet
+    assert "not finished: 2 of its test runs are still missing (e.g. dpo seed 1)" in reproduction_summary(tmp_path)
+    for seed in (1, 2):
+        write_run(tmp_path, "test", "dpo", seed, [1, 2, 3, 4], preset="cpu")
     summary = reproduction_summary(tmp_path)
     assert "preset 'cpu', test split, 4 rows" in summary and "seeds [0, 1, 2]" in summary
     # ranking HR@1 per seed 1/4, 2/4, 0/4: mean 0.25, sample std 0.25

@@ -108,6 +108,16 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
     if not runs:
         return None
     seeds = sorted({run["seed"] for run in runs})
+    # A study still running over several sittings is not the experiment's result yet: every method needs every seed.
+    done = {(run["method"], run["seed"]) for run in runs}
+    missing = [
+        (method, seed) for method in sorted({m for m, _ in done}) for seed in seeds if (method, seed) not in done
+    ]
+    if missing:
+        return (
+            f"The full experiment ({REPRODUCTION_NOTEBOOK}) is not finished: {len(missing)} of its test runs are still "
+            f"missing (e.g. {missing[0][0]} seed {missing[0][1]}); see docs/results.md for what has run."
+        )
     return (
         f"The full experiment ({REPRODUCTION_NOTEBOOK}; preset {runs[0]['preset']!r}, test split, "
         f"{runs[0]['metrics']['ranking']['n']} rows, mean ± std over seeds {seeds}; run on "
