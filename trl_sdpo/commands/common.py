@@ -90,15 +90,10 @@ def lora_config(model_args: ModelArguments):
     """The LoRA adapter of `--use_peft`, or None for full fine-tuning."""
     if not model_args.use_peft:
         return None
-    from peft import LoraConfig
+    from ..rec.training import causal_lm_lora
 
-    targets = model_args.lora_target_modules
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
+    return causal_lm_lora(
+        model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
     )
 
 

@@ -215,16 +215,9 @@ def load_checkpoint(path: Path, config: ExperimentConfig):
 def _peft_config(config: ExperimentConfig):
     if config.lora is None:
         return None
-    from peft import LoraConfig
+    from .training import causal_lm_lora
 
-    targets = config.lora.target_modules
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
-    )
+    return causal_lm_lora(config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules)
 
 
 def training_args(config_class, config: ExperimentConfig, stage: StageSettings, seed: int, output_dir: Path, **extra):

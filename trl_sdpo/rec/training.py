@@ -91,3 +91,17 @@ def plain_model(model, merge: bool = True):
     if isinstance(model, PeftModel) and merge:
         return model.merge_and_unload()
     return model
+
+
+def causal_lm_lora(r: int, alpha: int, dropout: float, target_modules) -> Any:
+    """A causal-LM LoRA config; `["all-linear"]` becomes PEFT's `"all-linear"` shorthand (every linear layer)."""
+    from peft import LoraConfig
+
+    targets = list(target_modules)
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+    )
