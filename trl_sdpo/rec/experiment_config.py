@@ -5,8 +5,8 @@ A study file holds top-level settings, an `sft:` section (the SFT stage every tr
 overrides) and `presets:` (name -> values deep-merged over the top level). Everything is checked before any model is
 loaded: an unknown key anywhere is an error naming the key and the allowed ones.
 
-Relative paths in the file (`output_dir`, `data_dir`, a `model` folder starting with `.`) are resolved against the
-file's own folder, so a study runs the same from any working directory.
+Relative paths in the file (`output_dir`, `sft_checkpoints_dir`, `data_dir`, a `model` folder starting with `.`) are
+resolved against the file's own folder, so a study runs the same from any working directory.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METHOD_KINDS = ("base", "sft", "sft-continued", "dpo", "sdpo", "random", "popular", "sasrec")
+METHOD_KINDS = ("base", "sft", "sft-continued", "dpo", "sdpo", "random", "popular", "sasrec", "memorizer")
 LM_KINDS = ("base", "sft", "sft-continued", "dpo", "sdpo")
 PREFERENCE_KINDS = ("sft-continued", "dpo", "sdpo")
-BASELINE_KINDS = ("random", "popular", "sasrec")
+BASELINE_KINDS = ("random", "popular", "sasrec", "memorizer")
 SPLITS = ("valid", "test")
 DATASETS = ("movielens", "lastfm", "goodreads")
 NEGATIVE_STRATEGIES = ("random", "popular", "model")
@@ -96,6 +96,9 @@ class ExperimentConfig:
         preset (`str` or `None`): The preset merged in, if any.
         description (`str`): Free text.
         output_dir (`str`): Where `<split>/<method>/seed<seed>.json` and `checkpoints/` go.
+        sft_checkpoints_dir (`str` or `None`): Where the SFT model of each seed is read from or saved to
+            (`seed<seed>/sft/`); `None` = `<output_dir>/checkpoints`. Pointing it at another study's `checkpoints/`
+            shares its SFT models (their recorded settings must equal this study's `sft:` section and model/data).
         dataset, data_dir, min_history, sampler, num_candidates, conversational, paraphrase: The rows (see
             `trl-sdpo data`).
         model (`str` or `None`): Hub id or folder; `None` = the embedded SmolLM2-135M-Instruct; `tiny-random` =
@@ -111,6 +114,9 @@ class ExperimentConfig:
         data_seed (`int`): Seeds the eval rows and their candidates: identical for every method and seed.
         seeds (`list[int]`): Training seeds (train rows, negatives, initialization, data order).
         generation (`bool`): Also run the paper's generation evaluation (HR@1, ValidRatio); off = `null` metrics.
+        extra_eval_samplers (`list[str]`): Also evaluate every method on the same eval rows with the candidate lists
+            of these samplers (e.g. `["sdpo-compat"]`: the paper's leaking lists), ranking only, into the run JSON's
+            `other_lists`; the same trained model, so the difference is the lists' alone.
         max_new_tokens (`int`): Generation length (the paper: 20).
         eval_batch_size (`int`): Prompts per forward pass in evaluation.
         sft (`StageSettings`): The SFT stage.
@@ -122,6 +128,7 @@ class ExperimentConfig:
     preset: str | None = None
     description: str = ""
     output_dir: str = "results"
+    sft_checkpoints_dir: str | None = None
     dataset: str = "movielens"
     data_dir: str | None = None
     min_history: int = 3
@@ -141,6 +148,7 @@ class ExperimentConfig:
     data_seed: int = 0
     seeds: list[int] = field(default_factory=lambda: [0])
     generation: bool = True
+    extra_eval_samplers: list[str] = field(default_factory=list)
     max_new_tokens: int = 20
     eval_batch_size: int = 8
     sft: StageSettings = field(default_factory=StageSettings)
@@ -292,6 +300,7 @@ def config_from_dict(
 
     _validate(config)
     config.output_dir = _resolve_path(config.output_dir, folder)
+    config.sft_checkpoints_dir = _resolve_path(config.sft_checkpoints_dir, folder)
     config.data_dir = _resolve_path(config.data_dir, folder)
     if config.model not in (None, TINY_RANDOM) and str(config.model).startswith((".", "~", "/")):
         config.model = _resolve_path(config.model, folder)
@@ -327,6 +336,14 @@ def _validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"`dtype` is {config.dtype!r}; expected float32, bfloat16 or float16.")
     if config.sampler not in ("default", "sdpo-compat"):
         raise ConfigError(f"`sampler` is {config.sampler!r}; expected default or sdpo-compat.")
+    if not isinstance(config.extra_eval_samplers, list):
+        raise ConfigError(f"`extra_eval_samplers` must be a list, got {config.extra_eval_samplers!r}.")
+    for sampler in config.extra_eval_samplers:
+        if sampler not in ("default", "sdpo-compat") or sampler == config.sampler:
+            raise ConfigError(
+                f"`extra_eval_samplers` holds {sampler!r}; expected default or sdpo-compat, other than `sampler` "
+                f"({config.sampler!r})."
+            )
     for method in config.methods.values():
         if method.settings is not None and method.settings.num_negatives > config.num_candidates - 1:
             raise ConfigError(
@@ -359,9 +376,44 @@ def load_experiment_config(path: str | Path, preset: str | None = None, check_pa
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}.")
     try:
+        raw = _extended(raw, path, seen=(path.resolve(),))
         return config_from_dict(raw, preset=preset, folder=path.parent, check_paths=check_paths)
     except ConfigError as error:
         raise ConfigError(f"{path}{f' (preset {preset})' if preset else ''}: {error}") from None
+
+
+# Keys of an extended file that stay with it: its own name, presets and methods describe that study, not this one.
+_NOT_INHERITED = ("study", "description", "presets", "methods", "extends")
+_PATH_KEYS = ("output_dir", "sft_checkpoints_dir", "data_dir")
+
+
+def _extended(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """
+    `raw` over the top level of the file named by its `extends:` key (relative to `path`'s folder), if any.
+
+    A study that varies another one (the k and beta sweeps of the MovieLens study) extends it, so that the data, model,
+    evaluation rows and `sft:`/`preference:` sections are written once. The extended file's paths are made absolute
+    against its own folder first; its `study`, `description`, `presets` and `methods` are not inherited.
+    """
+    if "extends" not in raw:
+        return raw
+    import yaml
+
+    base_path = (path.parent / str(raw["extends"])).resolve()
+    if base_path in seen:
+        raise ConfigError(f"`extends`: {base_path} extends itself (through {' -> '.join(map(str, seen))}).")
+    if not base_path.is_file():
+        raise ConfigError(f"`extends`: {base_path} does not exist.")
+    base = yaml.safe_load(base_path.read_text())
+    if not isinstance(base, dict):
+        raise ConfigError(f"`extends`: {base_path} does not hold a mapping at the top level.")
+    base = _extended(base, base_path, (*seen, base_path))
+    inherited = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
+    for key in _PATH_KEYS:
+        inherited[key] = _resolve_path(inherited.get(key), base_path.parent)
+    if isinstance(inherited.get("model"), str) and inherited["model"].startswith((".", "~")):
+        inherited["model"] = _resolve_path(inherited["model"], base_path.parent)
+    return deep_merge(inherited, {k: v for k, v in raw.items() if k != "extends"})
 
 
 def select(config: ExperimentConfig, methods: list[str] | None = None, seeds: list[int] | None = None):

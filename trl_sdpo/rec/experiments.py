@@ -50,7 +50,16 @@ SCHEMA = 1
 PREFERENCE_SEED_OFFSET = 1_000_003
 _STAGE_MARKER = "trl_sdpo_stage.json"  # written last into a checkpoint folder: without it the folder is incomplete
 # Top-level settings that do not change a run's result, left out of the `config` compared when a run is skipped.
-_NOT_RESULT_KEYS = ("output_dir", "seeds", "preset", "description", "eval_split", "model_cache_dir", "methods")
+_NOT_RESULT_KEYS = (
+    "output_dir",
+    "sft_checkpoints_dir",
+    "seeds",
+    "preset",
+    "description",
+    "eval_split",
+    "model_cache_dir",
+    "methods",
+)
 
 
 # ------------------------------------------------------------------------------------------------------ the plan
@@ -59,9 +68,12 @@ def run_path(output_dir: str | Path, split: str, method: str, seed: int) -> Path
     return Path(output_dir) / split / method / f"seed{seed}.json"
 
 
-def sft_checkpoint_dir(output_dir: str | Path, seed: int) -> Path:
-    """Where the SFT model of a seed is saved (independent of the split)."""
-    return Path(output_dir) / "checkpoints" / f"seed{seed}" / "sft"
+def sft_checkpoint_dir(config: ExperimentConfig, seed: int) -> Path:
+    """Where the SFT model of a seed is saved (independent of the split): `<sft_checkpoints_dir or
+    output_dir/checkpoints>/seed<seed>/sft`. A study that shares another's SFT models points `sft_checkpoints_dir` at
+    that study's `checkpoints/`; the settings recorded in the folder must then equal this study's `sft:` section."""
+    root = Path(config.sft_checkpoints_dir) if config.sft_checkpoints_dir else Path(config.output_dir) / "checkpoints"
+    return root / f"seed{seed}" / "sft"
 
 
 def stage_steps(stage: StageSettings) -> int | None:
@@ -101,7 +113,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
                 steps += stage_steps(method.settings) or 0
             if method.kind in LM_KINDS and not (method.kind == "base" and lm_evaluations and seed != config.seeds[0]):
                 lm_evaluations += 1
-        if needs_sft and not (sft_checkpoint_dir(config.output_dir, seed) / _STAGE_MARKER).exists():
+        if needs_sft and not (sft_checkpoint_dir(config, seed) / _STAGE_MARKER).exists():
             sft_to_train.append(seed)
             steps += stage_steps(config.sft) or 0
     return {
@@ -122,7 +134,8 @@ def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
         f"study {config.study!r}, preset {config.preset!r}, split {p['split']}, output {config.output_dir}",
         f"model {config.model or 'SmolLM2-135M-Instruct (embedded)'}, {config.num_candidates} candidates, "
         f"{config.eval_rows or 'all'} eval rows (data seed {config.data_seed}), seeds {config.seeds}, "
-        f"generation {'on' if config.generation else 'off'}",
+        f"generation {'on' if config.generation else 'off'}, candidate lists {config.sampler}"
+        + "".join(f", also ranked on the {sampler} lists" for sampler in config.extra_eval_samplers),
         f"SFT stage: {config.sft.train_rows or 'all'} rows, {_steps_text(config.sft)} x {config.sft.batch_size} rows "
         f"x {config.sft.gradient_accumulation_steps} accumulation, lr {config.sft.learning_rate}",
     ]
@@ -263,12 +276,15 @@ def _json_safe(value: Any) -> Any:
 def _timed(timings: dict[str, float | None], name: str):
     since = time.perf_counter()
     yield
-    timings[name] = round(time.perf_counter() - since, 2)
+    # Added up: the lists of several `extra_eval_samplers` share one key
+    timings[name] = round((timings.get(name) or 0.0) + time.perf_counter() - since, 2)
 
 
 def run_settings(config: ExperimentConfig, method: MethodConfig) -> dict[str, Any]:
     """The settings that decide one run's result: shared data/model/eval settings, the SFT stage if used, the method."""
     shared = {k: v for k, v in config.to_dict().items() if k not in _NOT_RESULT_KEYS}
+    if not shared["extra_eval_samplers"]:  # absent from runs written before the key existed: same settings
+        shared.pop("extra_eval_samplers")
     if method.kind not in ("sft", *PREFERENCE_KINDS):
         shared.pop("sft")
     shared.pop("preference")
@@ -315,6 +331,15 @@ class _Runner:
             self.dataset, self.split, seed=c.data_seed, max_rows=c.eval_rows, **self._rows()
         )
         self.row_ids = _row_ids(self.eval_examples)
+        # The same rows with other samplers' candidate lists (the rows are drawn before the lists, by `data_seed`)
+        self.other_examples = {}
+        for sampler in c.extra_eval_samplers:
+            rows = self._rows() | {"sampler": sampler}
+            examples = build_examples(self.dataset, self.split, seed=c.data_seed, max_rows=c.eval_rows, **rows)
+            if _row_ids(examples) != self.row_ids:
+                raise RuntimeError(f"The {sampler} lists were built for other rows than the study's eval rows.")
+            self.other_examples[sampler] = examples
+        self._train_lists: dict[str, tuple[list, list]] = {}
 
     def _rows(self) -> dict[str, Any]:
         c = self.config
@@ -333,7 +358,7 @@ class _Runner:
     # ---------------------------------------------------------------- SFT checkpoint
     def sft_checkpoint(self, seed: int) -> tuple[Path, dict[str, Any]]:
         """The seed's SFT checkpoint folder and its record (settings, log history, time); trained if missing."""
-        directory = sft_checkpoint_dir(self.output_dir, seed)
+        directory = sft_checkpoint_dir(self.config, seed)
         settings = _json_safe({"sft": dataclasses.asdict(self.config.sft), **self._model_settings(), "seed": seed})
         marker = directory / _STAGE_MARKER
         if marker.is_file():
@@ -354,22 +379,25 @@ class _Runner:
         return {k: getattr(c, k) for k in keys} | {"lora": dataclasses.asdict(c.lora) if c.lora else None}
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, model, tokenizer, timings) -> tuple[dict, dict]:
+    def evaluate(self, model, tokenizer, timings, examples=None) -> tuple[dict, dict]:
+        """Generation (if on) and ranking metrics and per-row records on the eval rows (`examples`: other lists)."""
         from transformers import set_seed
 
         from .evaluate import evaluate_generation
         from .ranking import evaluate_ranking
 
         c = self.config
+        other_lists = examples is not None
+        examples = self.eval_examples if examples is None else examples
         model.eval()
         set_seed(c.data_seed)
         generation, hits, valid = None, None, None
-        if c.generation:
+        if c.generation and not other_lists:
             with _timed(timings, "eval_generation"):
                 result = evaluate_generation(
                     model,
                     tokenizer,
-                    self.eval_examples,
+                    examples,
                     batch_size=c.eval_batch_size,
                     max_new_tokens=c.max_new_tokens,
                     return_records=True,
@@ -379,11 +407,11 @@ class _Runner:
             generation = result
             hits = [int(r["hit"]) for r in records]
             valid = [int(r["valid"]) for r in records]
-        with _timed(timings, "eval_ranking"):
+        with _timed(timings, "eval_other_lists" if other_lists else "eval_ranking"):
             ranking = evaluate_ranking(
                 model,
                 tokenizer,
-                self.eval_examples,
+                examples,
                 batch_size=c.eval_batch_size,
                 return_records=True,
                 show_progress=self.show_progress,
@@ -396,6 +424,8 @@ class _Runner:
     # ---------------------------------------------------------------- methods
     def run_method(self, method: MethodConfig, seed: int) -> dict[str, Any] | None:
         timings: dict[str, float | None] = {"train": None, "eval_generation": None, "eval_ranking": None}
+        if self.other_examples:
+            timings["eval_other_lists"] = None
         extra: dict[str, Any] = {}
         log_history: list = []
         start = time.perf_counter()
@@ -407,10 +437,14 @@ class _Runner:
 
             metrics = {"generation": None, "ranking": ranking_metrics(ranks)}
             rows = {"ids": self.row_ids, "target_rank": list(ranks), "generation_hit": None, "generation_valid": None}
+            for sampler, examples in self.other_examples.items():
+                other = self.baseline_ranks(method, seed, timings, examples, sampler)
+                extra.setdefault("other_lists", {})[sampler] = _ranking_record(other, self.row_ids)
         elif method.kind == "base":
             if self._base_result is None:
                 self._base_result = self.existing_base(method) or self.evaluate_base(timings, seed)
-            metrics, rows, timings, extra["evaluated_with_seed"] = copy.deepcopy(self._base_result)
+            metrics, rows, timings, extra["evaluated_with_seed"], other = copy.deepcopy(self._base_result)
+            extra.update(other)
             extra["seed_independent"] = True
             extra["note"] = (
                 "base does not depend on the seed: evaluated once per split, the same result for every seed"
@@ -428,6 +462,7 @@ class _Runner:
                     model, log_history, info = train_preference(self, method, seed, model, tokenizer)
                 extra.update(info)
             metrics, rows = self.evaluate(model, tokenizer, timings)
+            extra.update(self.evaluate_other_lists(model, tokenizer, timings))
             del model
         timings["total"] = round(time.perf_counter() - start, 2) if method.kind != "base" else timings["total"]
         return {
@@ -438,12 +473,20 @@ class _Runner:
             **extra,
         }
 
+    def evaluate_other_lists(self, model, tokenizer, timings) -> dict[str, Any]:
+        """`{"other_lists": {sampler: {"metrics", "rows"}}}` for `extra_eval_samplers` (ranking only); `{}` if none."""
+        out = {}
+        for sampler, examples in self.other_examples.items():
+            metrics, rows = self.evaluate(model, tokenizer, timings, examples=examples)
+            out[sampler] = {"metrics": metrics, "rows": rows}
+        return {"other_lists": out} if out else {}
+
     def evaluate_base(self, timings, seed: int):
         start = time.perf_counter()
         model, tokenizer = load_base_model(self.config)
         metrics, rows = self.evaluate(model, tokenizer, timings)
         timings["total"] = round(time.perf_counter() - start, 2)
-        return metrics, rows, timings, seed
+        return metrics, rows, timings, seed, self.evaluate_other_lists(model, tokenizer, timings)
 
     def existing_base(self, method: MethodConfig):
         """The base result of another seed of this split with the same settings, written in an earlier sitting."""
@@ -451,17 +494,24 @@ class _Runner:
         for path in sorted((self.output_dir / self.split / method.name).glob("seed*.json")):
             data = json.loads(path.read_text())
             if data.get("config") == settings and data["rows"]["ids"] == self.row_ids:
-                return data["metrics"], data["rows"], data["timings_s"], data.get("evaluated_with_seed")
+                other = {"other_lists": data["other_lists"]} if "other_lists" in data else {}
+                return data["metrics"], data["rows"], data["timings_s"], data.get("evaluated_with_seed"), other
         return None
 
-    def baseline_ranks(self, method: MethodConfig, seed: int, timings) -> list[int] | None:
-        from .baselines import popularity_ranks, random_ranks
+    def baseline_ranks(
+        self, method: MethodConfig, seed: int, timings, examples=None, sampler: str | None = None
+    ) -> list[int] | None:
+        """The target ranks of a baseline on the eval rows (`examples`, `sampler`: another sampler's lists)."""
+        from .baselines import memorizer_ranks, popularity_ranks, random_ranks
 
-        with _timed(timings, "train"):
+        examples = self.eval_examples if examples is None else examples
+        with _timed(timings, "train" if sampler is None else "eval_other_lists"):
             if method.kind == "random":
-                return random_ranks(self.eval_examples, seed=seed)
+                return random_ranks(examples, seed=seed)
             if method.kind == "popular":
-                return popularity_ranks(self.dataset, self.eval_examples)
+                return popularity_ranks(self.dataset, examples)
+            if method.kind == "memorizer":
+                return memorizer_ranks(*self.train_lists(sampler or self.config.sampler), examples, seed=seed)
             try:  # the optional `baselines` extra: our module imports without it, replay-rec may not be there
                 from .sasrec import require_replay, sasrec_ranks
 
@@ -471,7 +521,27 @@ class _Runner:
                     f"Skipping {method.name}: SASRec is not available ({error}); pip install 'trl-sdpo[baselines]'."
                 )
                 return None
-            return sasrec_ranks(self.dataset, self.eval_examples, seed=seed, **method.options)
+            return sasrec_ranks(self.dataset, examples, seed=seed, **method.options)
+
+    def train_lists(self, sampler: str) -> tuple[list, list]:
+        """The train split's candidate lists from `sampler` (seeded by `data_seed`) and targets: what the memorizer
+        remembers. Built once per sampler."""
+        from .candidates import sample_candidates
+
+        if sampler not in self._train_lists:
+            rows = self.dataset.split("train")
+            lists = sample_candidates(self.dataset, rows, self.config.num_candidates, sampler, self.config.data_seed)
+            self._train_lists[sampler] = (lists, [row.target for row in rows])
+        return self._train_lists[sampler]
+
+
+def _ranking_record(ranks: list[int] | None, row_ids: list[str]) -> dict[str, Any] | None:
+    from .metrics import ranking_metrics
+
+    if ranks is None:
+        return None
+    rows = {"ids": row_ids, "target_rank": list(ranks), "generation_hit": None, "generation_valid": None}
+    return {"metrics": {"generation": None, "ranking": ranking_metrics(ranks)}, "rows": rows}
 
 
 def train_sft_checkpoint(runner: _Runner, seed: int, directory: Path, settings: dict[str, Any]) -> dict[str, Any]:

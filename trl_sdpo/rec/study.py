@@ -21,7 +21,7 @@ import numpy as np
 SCHEMA = 1
 # Table order: the LM stages in training order, then variants (sorted), then the baselines without an LM.
 LM_METHODS = ("base", "sft", "sft-continued", "dpo", "sdpo")
-BASELINE_METHODS = ("random", "popular", "sasrec")
+BASELINE_METHODS = ("random", "popular", "sasrec", "memorizer")
 KINDS = LM_METHODS + BASELINE_METHODS
 # (key in the tables, section of "metrics", key in that section)
 SUMMARY_METRICS = (
@@ -393,5 +393,46 @@ def compare_methods(
         paired_bootstrap(runs, split, a, b, metric, n_boot=n_boot, seed=seed)
         for a, b in pairs
         if a in present and b in present
+        for metric in metrics
+    ]
+
+
+# ------------------------------------------------------------------------------------------ other candidate lists
+def other_list_samplers(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """The samplers whose lists some run was also evaluated on (`other_lists`, from `extra_eval_samplers`)."""
+    return sorted({sampler for run in runs for sampler in (run.get("other_lists") or {})})
+
+
+def runs_on_other_lists(runs: Iterable[dict[str, Any]], sampler: str) -> list[dict[str, Any]]:
+    """
+    The runs as evaluated on `sampler`'s candidate lists (same model, same eval rows), renamed `<method>@<sampler>`
+    so that they sit beside the originals in one list of runs: `summary_table` gives their table and
+    `paired_bootstrap(runs + these, split, "sdpo@sdpo-compat", "sdpo", metric)` what the lists change, row by row.
+    """
+    out = []
+    for run in runs:
+        other = (run.get("other_lists") or {}).get(sampler)
+        if other is None:
+            continue
+        method = f"{run['method']}@{sampler}"
+        out.append({**run, "method": method, "metrics": other["metrics"], "rows": other["rows"], "other_lists": {}})
+    return out
+
+
+def compare_lists(
+    runs: Iterable[dict[str, Any]],
+    split: str,
+    sampler: str,
+    metrics: Sequence[str] = CLAIM_METRICS,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> list[PairedComparison]:
+    """Per method evaluated on both: `<method>@<sampler>` minus `<method>` (the other lists minus the study's own)."""
+    runs = list(runs)
+    others = runs_on_other_lists(runs, sampler)
+    methods = [m for (s, m) in group_runs(others) if s == split]
+    return [
+        paired_bootstrap(runs + others, split, method, method.rsplit("@", 1)[0], metric, n_boot=n_boot, seed=seed)
+        for method in methods
         for metric in metrics
     ]

@@ -135,3 +135,43 @@ def plot_wall_time(runs: Iterable[dict[str, Any]], split: str):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_sweep(
+    runs: Iterable[dict[str, Any]],
+    split: str,
+    parameter: str,
+    metrics: Sequence[str] = ("ranking/hr@1", "ranking/ndcg@5"),
+    baselines: Iterable[dict[str, Any]] = (),
+):
+    """
+    A metric against one S-DPO setting (`num_negatives` or `beta`): mean over seeds with ± sample std error bars,
+    on a log x axis (the values double or grow by 5x), and dashed lines for `baselines` runs on the same split (e.g.
+    the main study's `sft-continued` and `dpo`, evaluated on the same rows).
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    from .study_sweep import SWEEP_PARAMETERS, sweep_table
+
+    plt = _pyplot()
+    runs = list(runs)
+    table = sweep_table(runs, split, parameter, metrics=metrics)
+    reference = summary_table(list(baselines), split) if baselines else []
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        x = [e["value"] for e in table]
+        mean = [e[metric][0] for e in table]
+        std = [0.0 if np.isnan(e[metric][1]) else e[metric][1] for e in table]
+        ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label="sdpo")
+        for i, entry in enumerate(reference):
+            if not np.isnan(entry[metric][0]):
+                ax.axhline(entry[metric][0], ls="--", color=f"C{i + 1}", label=entry["method"])
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.minorticks_off()
+        ax.set_xlabel(SWEEP_PARAMETERS[parameter])
+        ax.set_title(f"{HEADERS.get(metric, metric)} ({split})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -15,13 +15,17 @@ from ..machine import describe_machine
 from .study import (
     SUMMARY_METRICS,
     PairedComparison,
+    compare_lists,
     compare_methods,
     group_runs,
     load_study,
+    other_list_samplers,
+    runs_on_other_lists,
     splits,
     summary_table,
 )
 from .study_claims import claim_check, describe_claims
+from .study_sweep import SWEEP_METRICS, SWEEP_PARAMETERS, describe_sweep, sweep_comparisons, sweep_table
 
 HEADERS = {
     "generation/hr@1": "HR@1 (gen)",
@@ -164,6 +168,40 @@ def _versions(runs: list[dict[str, Any]]) -> list[str]:
     return list(seen)
 
 
+def sweep_markdown(runs: list[dict[str, Any]], split: str, n_boot: int = 10000, seed: int = 0) -> list[str]:
+    """
+    Lines of the k and beta sweeps of a split (see `trl_sdpo.rec.study_sweep`): per value, mean ± std over seeds;
+    each value minus the one below it, paired; where the curve stops improving. Empty when the split has no sweep.
+    """
+    out: list[str] = []
+    for parameter, name in SWEEP_PARAMETERS.items():
+        table = sweep_table(runs, split, parameter)
+        if len(table) < 2:
+            continue
+        header = [name, "method", "seeds", *(HEADERS[m] for m in SWEEP_METRICS), "train time (s)"]
+        rows = [
+            [
+                f"{e['value']:g}",
+                e["method"],
+                len(e["seeds"]),
+                *(format_mean_std(e[m]) for m in SWEEP_METRICS),
+                format_mean_std(e["time/train"], digits=0),
+            ]
+            for e in table
+        ]
+        out += [
+            "",
+            f"S-DPO over {name} on `{split}` (the other settings as `sdpo`):",
+            "",
+            markdown_table(header, rows),
+        ]
+        steps = sweep_comparisons(runs, split, parameter, n_boot=n_boot, seed=seed)
+        out += ["", f"Each {name} minus the one below it, paired:", "", comparisons_markdown(steps)]
+        for metric in SWEEP_METRICS:
+            out += ["", describe_sweep(runs, split, parameter, metric, n_boot=n_boot, seed=seed).replace("\n", "  \n")]
+    return out
+
+
 NOTES_FILE = "NOTES.md"
 
 
@@ -186,14 +224,30 @@ def study_markdown(directory: str | Path, n_boot: int = 10000, seed: int = 0) ->
         out += ["Mean ± sample standard deviation (ddof=1) over seeds; wall time is the run's own stages.", ""]
         out.append(summary_markdown(summary_table(runs, split)))
         comparisons = compare_methods(runs, split, n_boot=n_boot, seed=seed)
-        out += ["", f"Paired comparisons on `{split}` (per row averaged over shared seeds; {n_boot} row resamples):"]
-        out += ["", comparisons_markdown(comparisons) if comparisons else "(the methods compared were not run)"]
-        out += [
-            "",
-            f"Claim check on `{split}`:",
-            "",
-            describe_claims(claim_check(runs, split, n_boot=n_boot, seed=seed)),
-        ]
+        sweeps = sweep_markdown(runs, split, n_boot=n_boot, seed=seed)
+        if comparisons or not sweeps:
+            out += [
+                "",
+                f"Paired comparisons on `{split}` (per row averaged over shared seeds; {n_boot} row resamples):",
+            ]
+            out += ["", comparisons_markdown(comparisons) if comparisons else "(the methods compared were not run)"]
+            out += [
+                "",
+                f"Claim check on `{split}`:",
+                "",
+                describe_claims(claim_check(runs, split, n_boot=n_boot, seed=seed)),
+            ]
+        out += sweeps
+        for sampler in other_list_samplers(runs):
+            others = runs_on_other_lists(runs, sampler)
+            out += [
+                "",
+                f"The same models on the same `{split}` rows with the `{sampler}` candidate lists (ranking):",
+                "",
+            ]
+            out.append(summary_markdown(summary_table(others, split)))
+            out += ["", f"`{sampler}` lists minus the study's own, paired by row and seed:", ""]
+            out.append(comparisons_markdown(compare_lists(runs, split, sampler, n_boot=n_boot, seed=seed)))
     out += ["", "### Every configuration tried", "", configurations_markdown(runs)]
     groups = group_runs(runs)
     out += ["", f"{len(runs)} runs in {len(groups)} (split, method) groups."]
