@@ -46,26 +46,35 @@ def _errors(cell) -> list[str]:
     ]
 
 
+def _execute(path: Path, monkeypatch, **parameters):
+    """Run the notebook at `path` with `parameters` injected; return it with its outputs. Fails on any cell error."""
+    # The kernel is started with `python` from PATH: make it this interpreter's, with trl_sdpo and torch.
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    nb = nbformat.read(path, as_version=4)
+    _inject_parameters(nb, **parameters)
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()  # raises CellExecutionError naming the cell on the first error
+    errors = [error for cell in nb.cells if cell.cell_type == "code" for error in _errors(cell)]
+    assert errors == []
+    return nb
+
+
+def _markdown_of(nb, tag: str) -> str:
+    """The Markdown outputs of the cell tagged `tag`."""
+    (cell,) = [cell for cell in nb.cells if tag in cell.metadata.get("tags", [])]
+    return "\n".join(o["data"]["text/markdown"] for o in cell.outputs if "text/markdown" in o.get("data", {}))
+
+
 @pytest.mark.slow
 @needs_default_model
 @needs_recbole
 def test_movielens_notebook_executes_at_the_smoke_preset(tmp_path, monkeypatch):
-    # The kernel is started with `python` from PATH: make it this interpreter's, with trl_sdpo and torch.
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
     output_dir = tmp_path / "results"
-    _inject_parameters(nb, PRESET="smoke", SPLIT="test", OUTPUT_DIR=str(output_dir))
-    client = NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-    )
-    client.execute()  # raises CellExecutionError naming the cell on the first error
-
-    errors = [error for cell in nb.cells if cell.cell_type == "code" for error in _errors(cell)]
-    assert errors == []
-    (table,) = [cell for cell in nb.cells if "main-table" in cell.metadata.get("tags", [])]
-    markdown = [output for output in table.outputs if "text/markdown" in output.get("data", {})]
-    assert markdown and "| sdpo |" in markdown[0]["data"]["text/markdown"]
+    nb = _execute(NOTEBOOK, monkeypatch, PRESET="smoke", SPLIT="test", OUTPUT_DIR=str(output_dir))
+    assert "| sdpo |" in _markdown_of(nb, "main-table")
     assert {"sft", "sft-continued", "dpo", "sdpo"} <= {p.name for p in (output_dir / "test").iterdir()}
 
 
@@ -73,24 +82,11 @@ def test_movielens_notebook_executes_at_the_smoke_preset(tmp_path, monkeypatch):
 @needs_default_model
 @needs_recbole
 def test_negatives_and_beta_notebook_executes_at_the_smoke_preset(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = NOTEBOOKS / "negatives_and_beta.ipynb"
-    nb = nbformat.read(path, as_version=4)
     output_dir = tmp_path / "results"
     # A 2-layer benchmark model at k 1 and 3: the cells run, the numbers mean nothing.
-    _inject_parameters(
-        nb, PRESET="smoke", SPLIT="test", OUTPUT_DIR=str(output_dir), MAIN_DIR=None, BENCH_KS=[1, 3], BENCH_LAYERS=2
-    )
-    client = NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()
-
-    errors = [error for cell in nb.cells if cell.cell_type == "code" for error in _errors(cell)]
-    assert errors == []
-    (tables,) = [cell for cell in nb.cells if "sweep-tables" in cell.metadata.get("tags", [])]
-    markdown = tables.outputs[0]["data"]["text/markdown"]
+    parameters = dict(PRESET="smoke", SPLIT="test", OUTPUT_DIR=str(output_dir), MAIN_DIR=None)
+    nb = _execute(NOTEBOOKS / "negatives_and_beta.ipynb", monkeypatch, **parameters, BENCH_KS=[1, 3], BENCH_LAYERS=2)
+    markdown = _markdown_of(nb, "sweep-tables")
     assert "S-DPO over k" in markdown and "S-DPO over beta" in markdown and "| sdpo-k15 |" in markdown
     bench = json.loads((output_dir / "step_cost.json").read_text())
     assert {(r["method"], r["k"]) for r in bench["results"]} == {
@@ -117,22 +113,11 @@ def _synthetic_lastfm(folder: Path, items: int = 300, seed: int = 0) -> Path:
 @pytest.mark.slow
 @needs_default_model
 def test_lastfm_notebook_executes_at_the_smoke_preset(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = NOTEBOOKS / "sdpo_lastfm.ipynb"
-    nb = nbformat.read(path, as_version=4)
     output_dir = tmp_path / "results"
     data_dir = _synthetic_lastfm(tmp_path / "lastfm")  # the real data is never in the repository or CI
-    _inject_parameters(nb, PRESET="smoke", SPLIT="test", OUTPUT_DIR=str(output_dir), DATA_DIR=str(data_dir))
-    client = NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()
-
-    errors = [error for cell in nb.cells if cell.cell_type == "code" for error in _errors(cell)]
-    assert errors == []
-    (table,) = [cell for cell in nb.cells if "paper-lists" in cell.metadata.get("tags", [])]
-    markdown = "\n".join(o["data"]["text/markdown"] for o in table.outputs if "text/markdown" in o.get("data", {}))
+    parameters = dict(PRESET="smoke", SPLIT="test", OUTPUT_DIR=str(output_dir), DATA_DIR=str(data_dir))
+    nb = _execute(NOTEBOOKS / "sdpo_lastfm.ipynb", monkeypatch, **parameters)
+    markdown = _markdown_of(nb, "paper-lists")
     assert "| sdpo@sdpo-compat |" in markdown and "| memorizer@sdpo-compat − memorizer |" in markdown
     run = json.loads((output_dir / "test" / "sdpo" / "seed0.json").read_text())
     assert run["other_lists"]["sdpo-compat"]["rows"]["ids"] == run["rows"]["ids"]
