@@ -241,3 +241,5 @@ def test_demo_prints_the_committed_experiment_table_only_when_test_runs_exist(tm
     assert "preset 'cpu', test split, 4 rows" in summary and "seeds [0, 1, 2]" in summary
     # ranking HR@1 per seed 1/4, 2/4, 0/4: mean 0.25, sample std 0.25
     assert "| sdpo | 3 |" in summary and "0.2500 ± 0.2500" in summary
+    # The verdict is printed with the table: with only sdpo and dpo run, the other parts are "not run", so it fails.
+    assert "Claim check (S-DPO > DPO > SFT-continued" in summary and "The claim does not hold" in summary

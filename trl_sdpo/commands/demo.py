@@ -99,6 +99,7 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
     Returns `None` when the folder or its test runs are absent (an installed wheel has no `examples/`).
     """
     from ..rec.study import load_study, summary_table
+    from ..rec.study_claims import claim_check, describe_claims
     from ..rec.study_report import summary_markdown
 
     try:
@@ -118,10 +119,14 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
             f"The full experiment ({REPRODUCTION_NOTEBOOK}) is not finished: {len(missing)} of its test runs are still "
             f"missing (e.g. {missing[0][0]} seed {missing[0][1]}); see docs/results.md for what has run."
         )
+    # The verdict's first line ("The claim holds" / "does not hold: n of m parts fail"), so the table is not read alone
+    verdict = describe_claims(claim_check(runs, "test")).splitlines()[0]
     return (
         f"The full experiment ({REPRODUCTION_NOTEBOOK}; preset {runs[0]['preset']!r}, test split, "
         f"{runs[0]['metrics']['ranking']['n']} rows, mean ± std over seeds {seeds}; run on "
-        f"{describe_machine(runs[0]['machine'])}):\n\n" + summary_markdown(summary_table(runs, "test"))
+        f"{describe_machine(runs[0]['machine'])}):\n\n"
+        + summary_markdown(summary_table(runs, "test"))
+        + f"\n\nClaim check (S-DPO > DPO > SFT-continued, ValidRatio >= 0.95, S-DPO > most-popular). {verdict}"
     )
 
 
