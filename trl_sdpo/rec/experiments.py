@@ -485,8 +485,9 @@ class _Runner:
         start = time.perf_counter()
         model, tokenizer = load_base_model(self.config)
         metrics, rows = self.evaluate(model, tokenizer, timings)
+        other = self.evaluate_other_lists(model, tokenizer, timings)
         timings["total"] = round(time.perf_counter() - start, 2)
-        return metrics, rows, timings, seed, self.evaluate_other_lists(model, tokenizer, timings)
+        return metrics, rows, timings, seed, other
 
     def existing_base(self, method: MethodConfig):
         """The base result of another seed of this split with the same settings, written in an earlier sitting."""
