@@ -120,7 +120,7 @@ def describe_sweep(
     lowest = table[0]
     lines = [
         f"{metric} on {split}: best mean at {name} = {best['value']:g} ({best[metric][0]:.4f}, "
-        f"{len(best['seeds'])} seeds)."
+        f"{len(best['seeds'])} seed{'s' if len(best['seeds']) != 1 else ''})."
     ]
     plateau = None
     for entry in table:
@@ -140,7 +140,12 @@ def describe_sweep(
         verdict = "excludes 0" if c.excludes_zero else "includes 0: no value is shown better than the smallest"
         lines.append(
             f"Best minus {name} = {lowest['value']:g}: {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
-            f" ({verdict}); per-seed {c.seed_mean:+.4f} ± {c.seed_sigma if not math.isnan(c.seed_sigma) else 0:.4f}."
+            f" ({verdict}); per seed "
+            + (
+                f"{c.seed_mean:+.4f} (one seed)."
+                if math.isnan(c.seed_sigma)
+                else f"{c.seed_mean:+.4f} ± {c.seed_sigma:.4f}."
+            )
         )
     else:
         lines.append(f"The smallest {name} has the best mean: more is not shown to help here.")
