@@ -270,3 +270,49 @@ def test_movielens_titles_are_clean_and_unique(movielens):
     assert {"Sabrina (1954)", "Sabrina (1995)"} <= set(titles)
     assert not any(t.lower() in ("unknown", "unkonwn") for t in titles)
     assert not any(re.search(r", (The|A|An)$", t) for t in titles)
+
+
+# -------------------------------------------------------------------------------------------- LLaRA conversion
+def _llara_release(folder: Path, padding: int = 5) -> dict[str, list[tuple[list[int], int, int]]]:
+    """A LLaRA-shaped folder: id2name.txt (5 items) and pickled DataFrames with padded `seq`."""
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    (folder / "id2name.txt").write_text("0::Alpha\n1::  Beta  \n2::Gamma\n3::Delta\n4::Epsilon\n")
+    splits = {
+        "train_data.df": [([0, 1, 2, padding], 3, 3), ([1, 2, 3, padding], 3, 0), ([0, padding, padding, padding], 1, 2)],
+        "Val_data.df": [([2, 3, 4, padding], 3, 1)],
+        "Test_data.df": [([4, 3, 2, 1], 4, 0)],
+    }
+    for name, rows in splits.items():
+        pd.DataFrame(
+            {"seq": [r[0] for r in rows], "len_seq": [r[1] for r in rows], "next": [r[2] for r in rows]}
+        ).to_pickle(folder / name)
+    return splits
+
+
+def test_llara_release_converts_to_the_layout_and_loads(tmp_path, capsys):
+    from trl_sdpo.cli import main
+
+    splits = _llara_release(tmp_path / "llara")
+    out = tmp_path / "lastfm"
+    argv = ["data", "--dataset", "lastfm", "--data_dir", str(out), "--convert_llara", str(tmp_path / "llara")]
+    assert main(argv) == 1 and "--trust_pickles" in capsys.readouterr().err  # refused without the flag
+    assert not out.exists()
+    assert main([*argv, "--trust_pickles", "--split", "train", "--num_candidates", "2", "--min_history", "0"]) == 0
+    assert "Converted" in capsys.readouterr().out
+    dataset = load_lastfm(out, min_history=0)
+    assert dataset.items == {0: "Alpha", 1: "Beta", 2: "Gamma", 3: "Delta", 4: "Epsilon"}  # names stripped
+    for split, name in (("train", "train_data.df"), ("valid", "Val_data.df"), ("test", "Test_data.df")):
+        expected = [(tuple(i for i in seq if i != 5), target) for seq, _, target in splits[name]]
+        assert [(row.history, row.target) for row in dataset.split(split)] == expected
+
+
+def test_llara_conversion_names_the_row_when_len_seq_disagrees(tmp_path):
+    from trl_sdpo.rec.convert import convert_llara
+
+    _llara_release(tmp_path / "llara", padding=9)  # padded with 9, converted assuming 5 (the item count)
+    with pytest.raises(ValueError, match=r"train_data.df, row 0: `len_seq` is 3 but `seq` holds 4 items"):
+        convert_llara(tmp_path / "llara", tmp_path / "out", trust_pickles=True)
+    with pytest.raises(PermissionError, match="arbitrary code"):
+        convert_llara(tmp_path / "llara", tmp_path / "out")

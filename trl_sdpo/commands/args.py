@@ -163,6 +163,20 @@ class DataCommandArguments(ReportArguments):
         },
     )
     show: int = field(default=1, metadata={"help": "How many sample prompts to print in the summary."})
+    convert_llara: str | None = field(
+        default=None,
+        metadata={
+            "help": "First convert LLaRA's release (a folder with id2name.txt, train_data.df, Val_data.df, "
+            "Test_data.df) into --data_dir (items.tsv, train/valid/test.jsonl); needs --trust_pickles."
+        },
+    )
+    trust_pickles: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow --convert_llara to unpickle its .df files. Reading a pickle can run code from it: only "
+            "for files from a source you trust."
+        },
+    )
 
 
 @dataclass

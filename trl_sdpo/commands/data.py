@@ -11,12 +11,13 @@ from .common import build_rec_examples, load_rec_dataset, make_parser, parse, se
 DESCRIPTION = """\
 Build the rows of one split (history, candidates, target, prompt) and print a summary with a sample prompt;
 or write them in the S-DPO reference JSON format (--export FILE); or check whether the candidate lists alone
-give the target away (--leak-check).
+give the target away (--leak-check). --convert_llara first converts LLaRA's pickled release into --data_dir.
 
 examples:
   trl-sdpo data --dataset movielens --split valid
   trl-sdpo data --dataset movielens --split test --export ml-test.json
   trl-sdpo data --dataset lastfm --data_dir DIR --split valid --sampler sdpo-compat --leak-check --report leak.json
+  trl-sdpo data --dataset lastfm --data_dir DIR --convert_llara LLaRA/data/ref/lastfm --trust_pickles
 """
 
 
@@ -36,12 +37,15 @@ def run(command: str, argv: list[str]) -> int:
         report = {"command": "data", "leak_check": _leak_check_files(cmd_args.leak_check_files)}
         write_report(cmd_args.report, {**report, "settings": settings(data_args, cmd_args)})
         return 0
+    converted = _convert(data_args, cmd_args) if cmd_args.convert_llara else None
     dataset = load_rec_dataset(data_args)
     report: dict[str, Any] = {
         "command": "data",
         "dataset": dataset.summary(),
         "settings": settings(data_args, cmd_args),
     }
+    if converted is not None:
+        report["converted"] = converted
 
     if cmd_args.leak_check:
         from ..rec.leak import leak_check
@@ -75,6 +79,22 @@ def run(command: str, argv: list[str]) -> int:
             _print_summary(dataset, split, examples, cmd_args.show)
     write_report(cmd_args.report, report)
     return 0
+
+
+def _convert(data_args, cmd_args) -> dict[str, int]:
+    from ..cli import CommandError
+    from ..rec.convert import convert_llara
+
+    if data_args.data_dir is None:
+        raise CommandError("--convert_llara writes the converted files into --data_dir: give --data_dir.")
+    if not cmd_args.trust_pickles:
+        raise CommandError(
+            "--convert_llara reads pickled DataFrames, and reading a pickle can run code from it: add "
+            "--trust_pickles if the files come from a source you trust."
+        )
+    counts = convert_llara(cmd_args.convert_llara, data_args.data_dir, trust_pickles=True)
+    print(f"Converted {cmd_args.convert_llara} into {data_args.data_dir}: {counts}")
+    return counts
 
 
 def _leak_check_files(paths: list[str]) -> dict[str, Any]:
