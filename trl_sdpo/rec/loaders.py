@@ -2,8 +2,8 @@
 Loaders for the recommendation datasets: MovieLens-100K from the `recbole` wheel, any dataset in the LastFM layout
 (`items.tsv` + `train/valid/test.jsonl`, also used for Goodreads), and the S-DPO reference JSON format.
 
-Everything is read as plain text; nothing is ever unpickled (the original LLaRA files are pickled DataFrames: convert
-them once with pandas into the layout documented in `docs/datasets.md`).
+Everything is read as plain text; nothing is unpickled here (the original LLaRA files are pickled DataFrames: convert
+them once with `trl-sdpo data --convert_llara DIR --trust_pickles`, `trl_sdpo.rec.convert`).
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ def load_lastfm(data_dir: str | Path, min_history: int = 3, name: str = "lastfm"
             else []
         )
         hint = (
-            f" Found pickled files {pickled}: they are never unpickled here; convert them once to this layout "
-            "(see docs/datasets.md)."
+            f" Found pickled files {pickled}: they are never unpickled here; convert them once to this layout with "
+            "`trl-sdpo data --dataset NAME --data_dir OUT --convert_llara THIS_FOLDER --trust_pickles` (docs/datasets.md)."
             if pickled
             else ""
         )
