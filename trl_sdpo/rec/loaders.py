@@ -155,7 +155,8 @@ def load_lastfm(data_dir: str | Path, min_history: int = 3, name: str = "lastfm"
         )
         hint = (
             f" Found pickled files {pickled}: they are never unpickled here; convert them once to this layout with "
-            "`trl-sdpo data --dataset NAME --data_dir OUT --convert_llara THIS_FOLDER --trust_pickles` (docs/datasets.md)."
+            "`trl-sdpo data --dataset NAME --data_dir OUT --convert_llara THIS_FOLDER --trust_pickles` "
+            "(docs/datasets.md)."
             if pickled
             else ""
         )
