@@ -20,8 +20,10 @@ SWEEP_METRICS = ("ranking/hr@1", "ranking/ndcg@5")
 REFERENCE = "sdpo"
 
 
-def _settings(run: dict[str, Any]) -> dict[str, Any]:
-    return dict(run["config"]["method"]["settings"] or {})
+def _settings(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The method's training settings recorded in a run JSON; `None` for a run without them."""
+    settings = (run["config"].get("method") or {}).get("settings")
+    return dict(settings) if settings else None
 
 
 def sweep_methods(runs: Iterable[dict[str, Any]], split: str, parameter: str) -> list[tuple[float, str]]:
@@ -42,11 +44,13 @@ def sweep_methods(runs: Iterable[dict[str, Any]], split: str, parameter: str) ->
     if REFERENCE not in groups:
         return []
     reference = _settings(groups[REFERENCE][0])
+    if reference is None:
+        return []
     found = []
     for method, group in groups.items():
-        if group[0]["kind"] != "sdpo":
-            continue
         settings = _settings(group[0])
+        if group[0]["kind"] != "sdpo" or settings is None:
+            continue
         others = {k: v for k, v in settings.items() if k != parameter}
         if others == {k: v for k, v in reference.items() if k != parameter}:
             found.append((settings[parameter], method))
