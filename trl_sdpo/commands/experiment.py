@@ -14,7 +14,8 @@ DESCRIPTION = """\
 Run every (method, seed) of a study YAML on one split and write <output_dir>/<split>/<method>/seed<seed>.json
 (metrics, the target's rank on every eval row, training log, wall times, versions, machine). A run whose JSON exists
 is skipped, so a study completes over several sittings; the SFT model of a seed is trained once and shared.
-Methods: base, sft, sft-continued, dpo (TRL's DPOTrainer, k=1), sdpo (SDPOTrainer), random, popular, sasrec.
+Methods: base, sft, sft-continued, dpo (TRL's DPOTrainer, k=1), sdpo (SDPOTrainer), random, popular, sasrec,
+memorizer (no LM: the candidate lists of the train rows only).
 The YAML is the study's own format (see examples/configs/movielens.yaml), not a file of flags.
 
 examples:
