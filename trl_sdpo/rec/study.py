@@ -380,7 +380,8 @@ def compare_methods(
     seed: int = 0,
 ) -> list[PairedComparison]:
     """
-    The paired comparisons issue 7 names (S-DPO - DPO, S-DPO - SFT-continued, DPO - SFT-continued) on each metric.
+    Paired comparisons `a - b` of `pairs` on each metric; by default the ones issue 7 names (S-DPO - DPO,
+    S-DPO - SFT-continued, DPO - SFT-continued). The sweeps and the other-lists comparisons pass their own pairs.
 
     Pairs whose methods have no runs on `split` are left out (the claim check reports them as not run).
 
@@ -430,9 +431,5 @@ def compare_lists(
     """Per method evaluated on both: `<method>@<sampler>` minus `<method>` (the other lists minus the study's own)."""
     runs = list(runs)
     others = runs_on_other_lists(runs, sampler)
-    methods = [m for (s, m) in group_runs(others) if s == split]
-    return [
-        paired_bootstrap(runs + others, split, method, method.rsplit("@", 1)[0], metric, n_boot=n_boot, seed=seed)
-        for method in methods
-        for metric in metrics
-    ]
+    pairs = [(m, m.rsplit("@", 1)[0]) for (s, m) in group_runs(others) if s == split]
+    return compare_methods(runs + others, split, pairs=pairs, metrics=metrics, n_boot=n_boot, seed=seed)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .study import SUMMARY_METRICS, PairedComparison, group_runs, mean_std, paired_bootstrap
+from .study import SUMMARY_METRICS, PairedComparison, compare_methods, group_runs, mean_std, paired_bootstrap
 
 SWEEP_PARAMETERS = {"num_negatives": "k", "beta": "beta"}
 SWEEP_METRICS = ("ranking/hr@1", "ranking/ndcg@5")
@@ -95,11 +95,8 @@ def sweep_comparisons(
     """Each value of the sweep minus the one below it, paired by eval row and seed (see `paired_bootstrap`)."""
     runs = list(runs)
     methods = [method for _, method in sweep_methods(runs, split, parameter)]
-    return [
-        paired_bootstrap(runs, split, upper, lower, metric, n_boot=n_boot, seed=seed)
-        for lower, upper in zip(methods, methods[1:])
-        for metric in metrics
-    ]
+    pairs = list(zip(methods[1:], methods))
+    return compare_methods(runs, split, pairs=pairs, metrics=metrics, n_boot=n_boot, seed=seed)
 
 
 def describe_sweep(
