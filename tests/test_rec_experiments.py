@@ -318,3 +318,38 @@ def test_other_lists_evaluate_the_same_models_on_the_same_rows(tiny_study):
     plain = copy.deepcopy(config)
     plain.extra_eval_samplers = []
     assert "extra_eval_samplers" not in experiments.run_settings(plain, plain.methods["sdpo"])
+
+
+@needs_recbole
+def test_sasrec_trains_once_for_every_list_and_splits_the_ranks_back(tiny_study, monkeypatch):
+    import types
+
+    from trl_sdpo.rec.builders import build_examples
+
+    config, _ = tiny_study
+    config = copy.deepcopy(config)
+    config.extra_eval_samplers = ["sdpo-compat"]
+    config.methods = {"sasrec": experiments.MethodConfig("sasrec", "sasrec")}
+    trainings = []
+
+    def fake_sasrec_ranks(dataset, examples, seed=0, **options):
+        trainings.append((seed, len(examples)))
+        return [1 + list(e.candidate_ids).index(e.row.target) for e in examples]  # the target's list position
+
+    fake = types.SimpleNamespace(require_replay=lambda: None, sasrec_ranks=fake_sasrec_ranks)
+    monkeypatch.setitem(sys.modules, "trl_sdpo.rec.sasrec", fake)
+    experiments.run_experiment(config, "valid", show_progress=False)
+    assert trainings == [(0, 6), (1, 6)]  # one training per seed for the 3 rows of both lists
+
+    runner = experiments._Runner(config, "valid", show_progress=False)
+    runner.load_data()
+    lists = {
+        sampler: build_examples(runner.dataset, "valid", num_candidates=5, sampler=sampler, seed=0, max_rows=3)
+        for sampler in ("default", "sdpo-compat")
+    }
+    expected = {k: [1 + list(e.candidate_ids).index(e.row.target) for e in v] for k, v in lists.items()}
+    assert expected["default"] != expected["sdpo-compat"]  # else a swapped split would pass
+    for seed in (0, 1):
+        run = json.loads((Path(config.output_dir) / "valid" / "sasrec" / f"seed{seed}.json").read_text())
+        assert run["rows"]["target_rank"] == expected["default"]
+        assert run["other_lists"]["sdpo-compat"]["rows"]["target_rank"] == expected["sdpo-compat"]

@@ -280,7 +280,11 @@ def _llara_release(folder: Path, padding: int = 5) -> dict[str, list[tuple[list[
     folder.mkdir(parents=True)
     (folder / "id2name.txt").write_text("0::Alpha\n1::  Beta  \n2::Gamma\n3::Delta\n4::Epsilon\n")
     splits = {
-        "train_data.df": [([0, 1, 2, padding], 3, 3), ([1, 2, 3, padding], 3, 0), ([0, padding, padding, padding], 1, 2)],
+        "train_data.df": [
+            ([0, 1, 2, padding], 3, 3),
+            ([1, 2, 3, padding], 3, 0),
+            ([0, padding, padding, padding], 1, 2),
+        ],
         "Val_data.df": [([2, 3, 4, padding], 3, 1)],
         "Test_data.df": [([4, 3, 2, 1], 4, 0)],
     }
