@@ -64,6 +64,7 @@ def _with(**changes):
         (_with(preference__negative_strategy="hardest"), None, "`preference.negative_strategy` is 'hardest'"),
         (_with(methods__base={"steps": 3}), None, "`methods.base.steps`: a method of kind 'base' takes no training"),
         (_with(methods={}), None, "`methods` is empty"),
+        (_with(extra_eval_methods=["sdpo", "ppo"]), None, "`extra_eval_methods` names 'ppo', not among `methods`"),
         (BASE, "gpu", "Unknown preset 'gpu'; the file defines: fast"),
         (_with(presets__fast={"sft": {"stepz": 1}}), "fast", "Unknown config key `sft.stepz`"),
         (_with(presets__fast={"modle": "x"}), "fast", "Unknown config key `presets.fast.modle`"),
@@ -250,14 +251,23 @@ def test_extends_inherits_the_top_level_but_not_methods_or_presets(tmp_path):
 
 def test_the_negatives_and_beta_study_extends_the_movielens_study():
     main_config = load_experiment_config(MOVIELENS_YAML, preset="cpu")
-    sweep = load_experiment_config(ROOT / "examples" / "configs" / "negatives_beta.yaml", preset="cpu")
-    # The sweep's runs start from the main study's SFT checkpoints: its sft and data settings must be the same.
-    assert sweep.sft_checkpoints_dir == str(Path(main_config.output_dir) / "checkpoints")
-    assert sweep.sft == main_config.sft and sweep.eval_rows == main_config.eval_rows
-    assert (sweep.data_seed, sweep.num_candidates, sweep.model) == (0, 20, None)
-    values = {(m.settings.num_negatives, m.settings.beta) for m in sweep.methods.values()}
-    assert values == {(k, 1.0) for k in (1, 2, 3, 7, 15)} | {(3, b) for b in (0.1, 0.5, 1.0, 2.0, 5.0)}
-    assert sweep.methods["sdpo"].settings == main_config.methods["sdpo"].settings
+    sweep_yaml = ROOT / "examples" / "configs" / "negatives_beta.yaml"
+    for preset in ("cpu", "cpu-main-sizes"):
+        sweep = load_experiment_config(sweep_yaml, preset=preset)
+        # The sweep's runs start from the main study's SFT checkpoints: its sft and data settings must be the same.
+        assert sweep.sft_checkpoints_dir == str(Path(main_config.output_dir) / "checkpoints")
+        assert sweep.sft == main_config.sft
+        assert (sweep.data_seed, sweep.num_candidates, sweep.model) == (0, 20, None)
+        values = {(m.settings.num_negatives, m.settings.beta) for m in sweep.methods.values()}
+        assert values == {(k, 1.0) for k in (1, 2, 3, 7, 15)} | {(3, b) for b in (0.1, 0.5, 1.0, 2.0, 5.0)}
+        main_sdpo, sdpo = main_config.methods["sdpo"].settings, sweep.methods["sdpo"].settings
+        assert (sdpo.steps, sdpo.learning_rate) == (main_sdpo.steps, main_sdpo.learning_rate)
+    # At the main study's sizes k 3 is the main study's S-DPO, run for run (the notebook compares them row by row);
+    # the budget preset halves the rows a step and the eval rows.
+    assert sweep.methods["sdpo"].settings == main_sdpo and sweep.eval_rows == main_config.eval_rows
+    small = load_experiment_config(sweep_yaml, preset="cpu")
+    assert (small.methods["sdpo"].settings.batch_size, small.methods["sdpo"].settings.train_rows) == (2, 32)
+    assert small.eval_rows == 50 and small.output_dir != sweep.output_dir
 
 
 @needs_recbole
@@ -284,17 +294,24 @@ def test_a_study_reuses_another_studys_sft_checkpoint(tiny_study):
         experiments.run_experiment(other, "valid", show_progress=False)
 
 
+def _run_with_compat_lists(tiny_study, methods, baseline, only=None):
+    """Seed 0 of the tiny study's `methods` plus one more baseline kind, also ranked on the paper's lists (by the
+    methods in `only`, or all); returns the config run."""
+    config = copy.deepcopy(tiny_study[0])
+    config.seeds = [0]
+    config.extra_eval_samplers = ["sdpo-compat"]
+    config.extra_eval_methods = only
+    config.methods = {name: config.methods[name] for name in methods}
+    config.methods[baseline] = experiments.MethodConfig(baseline, baseline)
+    experiments.run_experiment(config, "valid", show_progress=False)
+    return config
+
+
 @needs_recbole
 def test_other_lists_evaluate_the_same_models_on_the_same_rows(tiny_study):
     from trl_sdpo.rec.study import compare_lists, load_study, runs_on_other_lists
 
-    config, _ = tiny_study
-    config = copy.deepcopy(config)
-    config.seeds = [0]
-    config.extra_eval_samplers = ["sdpo-compat"]
-    config.methods = {name: config.methods[name] for name in ("base", "sdpo", "random")}
-    config.methods["memorizer"] = experiments.MethodConfig("memorizer", "memorizer")
-    experiments.run_experiment(config, "valid", show_progress=False)
+    config = _run_with_compat_lists(tiny_study, ("base", "sdpo", "random"), "memorizer")
     runs = load_study(config.output_dir)
     for run in runs:
         other = run["other_lists"]["sdpo-compat"]
@@ -318,6 +335,21 @@ def test_other_lists_evaluate_the_same_models_on_the_same_rows(tiny_study):
     plain = copy.deepcopy(config)
     plain.extra_eval_samplers = []
     assert "extra_eval_samplers" not in experiments.run_settings(plain, plain.methods["sdpo"])
+
+
+@needs_recbole
+def test_extra_eval_methods_limits_the_other_lists_to_the_named_methods(tiny_study):
+    from trl_sdpo.rec.study import load_study
+
+    config = _run_with_compat_lists(tiny_study, ("base", "sft", "sdpo", "random"), "popular", only=["sdpo", "random"])
+    runs = {run["method"]: run for run in load_study(config.output_dir)}
+    assert {name for name, run in runs.items() if run.get("other_lists")} == {"sdpo", "random"}
+    assert runs["sft"]["timings_s"].get("eval_other_lists") is None
+    assert runs["sdpo"]["timings_s"]["eval_other_lists"] > 0
+    assert runs["sdpo"]["config"]["extra_eval_methods"] == ["sdpo", "random"]
+    # Unset (every method), the key stays out of the settings, so earlier runs keep matching.
+    config.extra_eval_methods = None
+    assert "extra_eval_methods" not in experiments.run_settings(config, config.methods["sdpo"])
 
 
 @needs_recbole

@@ -135,7 +135,12 @@ def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
         f"model {config.model or 'SmolLM2-135M-Instruct (embedded)'}, {config.num_candidates} candidates, "
         f"{config.eval_rows or 'all'} eval rows (data seed {config.data_seed}), seeds {config.seeds}, "
         f"generation {'on' if config.generation else 'off'}, candidate lists {config.sampler}"
-        + "".join(f", also ranked on the {sampler} lists" for sampler in config.extra_eval_samplers),
+        + "".join(f", also ranked on the {sampler} lists" for sampler in config.extra_eval_samplers)
+        + (
+            f" (methods {', '.join(config.extra_eval_methods)})"
+            if config.extra_eval_samplers and config.extra_eval_methods is not None
+            else ""
+        ),
         f"SFT stage: {config.sft.train_rows or 'all'} rows, {_steps_text(config.sft)} x {config.sft.batch_size} rows "
         f"x {config.sft.gradient_accumulation_steps} accumulation, lr {config.sft.learning_rate}",
     ]
@@ -149,6 +154,8 @@ def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
             )
             if method.kind != "sft-continued":
                 line += f", beta {s.beta}, k {1 if method.kind == 'dpo' else s.num_negatives} {s.negative_strategy}"
+        if method.options:
+            line += ", ".join(f"{key} {value}" for key, value in method.options.items())
         lines.append(line)
     lines.append(f"runs to do: {len(p['todo'])} ({', '.join(f'{m}/seed{s}' for m, s in p['todo']) or 'none'})")
     lines.append(f"runs done (skipped): {len(p['done'])}")
@@ -283,8 +290,11 @@ def _timed(timings: dict[str, float | None], name: str):
 def run_settings(config: ExperimentConfig, method: MethodConfig) -> dict[str, Any]:
     """The settings that decide one run's result: shared data/model/eval settings, the SFT stage if used, the method."""
     shared = {k: v for k, v in config.to_dict().items() if k not in _NOT_RESULT_KEYS}
-    if not shared["extra_eval_samplers"]:  # absent from runs written before the key existed: same settings
+    # Absent from runs written before the keys existed: the same settings
+    if not shared["extra_eval_samplers"]:
         shared.pop("extra_eval_samplers")
+    if shared["extra_eval_methods"] is None:
+        shared.pop("extra_eval_methods")
     if method.kind not in ("sft", *PREFERENCE_KINDS):
         shared.pop("sft")
     shared.pop("preference")
@@ -424,7 +434,7 @@ class _Runner:
     # ---------------------------------------------------------------- methods
     def run_method(self, method: MethodConfig, seed: int) -> dict[str, Any] | None:
         timings: dict[str, float | None] = {"train": None, "eval_generation": None, "eval_ranking": None}
-        if self.other_examples:
+        if self.other_lists_for(method):
             timings["eval_other_lists"] = None
         extra: dict[str, Any] = {}
         log_history: list = []
@@ -439,7 +449,7 @@ class _Runner:
                 extra.setdefault("other_lists", {})[sampler] = _ranking_record(other, self.row_ids)
         elif method.kind == "base":
             if self._base_result is None:
-                self._base_result = self.existing_base(method) or self.evaluate_base(timings, seed)
+                self._base_result = self.existing_base(method) or self.evaluate_base(timings, seed, method)
             metrics, rows, timings, extra["evaluated_with_seed"], other = copy.deepcopy(self._base_result)
             extra.update(other)
             extra["seed_independent"] = True
@@ -459,7 +469,7 @@ class _Runner:
                     model, log_history, info = train_preference(self, method, seed, model, tokenizer)
                 extra.update(info)
             metrics, rows = self.evaluate(model, tokenizer, timings)
-            extra.update(self.evaluate_other_lists(model, tokenizer, timings))
+            extra.update(self.evaluate_other_lists(model, tokenizer, timings, method))
             del model
         timings["total"] = round(time.perf_counter() - start, 2) if method.kind != "base" else timings["total"]
         return {
@@ -470,19 +480,24 @@ class _Runner:
             **extra,
         }
 
-    def evaluate_other_lists(self, model, tokenizer, timings) -> dict[str, Any]:
+    def other_lists_for(self, method: MethodConfig) -> dict[str, list]:
+        """The eval rows with each `extra_eval_samplers` list that `method` is also evaluated on (`extra_eval_methods`)."""
+        names = self.config.extra_eval_methods
+        return self.other_examples if names is None or method.name in names else {}
+
+    def evaluate_other_lists(self, model, tokenizer, timings, method: MethodConfig) -> dict[str, Any]:
         """`{"other_lists": {sampler: {"metrics", "rows"}}}` for `extra_eval_samplers` (ranking only); `{}` if none."""
         out = {}
-        for sampler, examples in self.other_examples.items():
+        for sampler, examples in self.other_lists_for(method).items():
             metrics, rows = self.evaluate(model, tokenizer, timings, examples=examples)
             out[sampler] = {"metrics": metrics, "rows": rows}
         return {"other_lists": out} if out else {}
 
-    def evaluate_base(self, timings, seed: int):
+    def evaluate_base(self, timings, seed: int, method: MethodConfig):
         start = time.perf_counter()
         model, tokenizer = load_base_model(self.config)
         metrics, rows = self.evaluate(model, tokenizer, timings)
-        other = self.evaluate_other_lists(model, tokenizer, timings)
+        other = self.evaluate_other_lists(model, tokenizer, timings, method)
         timings["total"] = round(time.perf_counter() - start, 2)
         return metrics, rows, timings, seed, other
 
@@ -501,7 +516,7 @@ class _Runner:
         `extra_eval_samplers` list (key: the sampler); `None` if the baseline is not available."""
         from .baselines import memorizer_ranks, popularity_ranks, random_ranks
 
-        sets = {None: self.eval_examples, **self.other_examples}
+        sets = {None: self.eval_examples, **self.other_lists_for(method)}
         if method.kind == "sasrec":
             try:  # the optional `baselines` extra: our module imports without it, replay-rec may not be there
                 from .sasrec import require_replay, sasrec_ranks
