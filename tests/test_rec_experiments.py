@@ -264,10 +264,11 @@ def test_the_negatives_and_beta_study_extends_the_movielens_study():
         assert (sdpo.steps, sdpo.learning_rate) == (main_sdpo.steps, main_sdpo.learning_rate)
     # At the main study's sizes k 3 is the main study's S-DPO, run for run (the notebook compares them row by row);
     # the budget preset halves the rows a step and the eval rows.
-    assert sweep.methods["sdpo"].settings == main_sdpo and sweep.eval_rows == main_config.eval_rows
+    full = load_experiment_config(sweep_yaml, preset="cpu-main-sizes")
+    assert full.methods["sdpo"].settings == main_sdpo and full.eval_rows == main_config.eval_rows
     small = load_experiment_config(sweep_yaml, preset="cpu")
     assert (small.methods["sdpo"].settings.batch_size, small.methods["sdpo"].settings.train_rows) == (2, 32)
-    assert small.eval_rows == 50 and small.output_dir != sweep.output_dir
+    assert small.eval_rows == 50 and small.output_dir != full.output_dir
 
 
 @needs_recbole
