@@ -60,7 +60,7 @@ def test_bad_rows_raise_when_the_trainer_is_built(tmp_path, case):
         ({**GOOD, "prompt": MSG}, r"Row 7: `prompt` is list but `chosen` is str"),
         (
             {"prompt": MSG, "chosen": [{"role": "assistant", "content": "a"}], "rejected": ["b"]},
-            r"Row 7: `rejected\[0\]` must be a non-empty list of \{'role', 'content'\} messages",
+            r"Row 7: `rejected\[0\]` must be a non-empty list of messages with `role` and `content`",
         ),
         ({"prompt": "x", "chosen": "y"}, r"Row 7: missing field `rejected`"),
     ],

@@ -129,6 +129,7 @@ def test_absent_completions_are_zero_and_never_computed():
     prompts = PROMPTS + [[60, 61, 62, 63, 64, 65, 66, 67, 68]]
     completions = COMPLETIONS + [[]]  # a prompt with no completion at all
     batch = pad_multi_completion(prompts, completions, pad_token_id=0, num_completions=3)
+    assert logprobs.prefix_sharing_blocker(model) is None  # runs the isolation probe now: its forward is not counted
     shapes = []
     model.get_input_embeddings().register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
     logps = completion_logps(model, **batch)
@@ -186,8 +187,8 @@ def test_attention_without_custom_masks_falls_back_with_one_warning(monkeypatch)
 def test_flash_attention_falls_back():
     model = make_model("llama").eval()
     model.config._attn_implementation = "flash_attention_2"
-    blocker = logprobs._prefix_sharing_blocker(model, 10)
-    assert blocker is not None and "flash_attention_2" in blocker[1]
+    blocker = logprobs.prefix_sharing_blocker(model, 10)
+    assert blocker is not None and "flash_attention_2" in blocker
 
 
 def test_sliding_window_shorter_than_the_sequence_falls_back(monkeypatch):
@@ -222,7 +223,8 @@ def test_chunked_lm_head_gives_the_same_result(monkeypatch):
 def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
     model = make_model("llama").eval()
     expected, expected_grads = value_and_grads(model, lambda: completion_logps(model, **batch_of()))
-    model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
+    # `gradient_checkpointing_enable`, not transformers 5's `activation_checkpointing_enable`: 4.56 lacks the latter
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     model.train()  # checkpointing is only active in training mode; the tiny llama has no dropout
     logps, grads = value_and_grads(model, lambda: completion_logps(model, **batch_of()))
     assert_fp32_close(logps, expected)
@@ -327,3 +329,19 @@ def test_left_padded_masks_are_rejected_naming_the_row():
     batch["prompt_attention_mask"][1] = batch["prompt_attention_mask"][1].flip(0)
     with pytest.raises(ValueError, match=r"prompt_attention_mask.*row \(1,\)"):
         completion_logps(make_model("llama"), **batch)
+
+
+def test_isolation_probe_runs_once_in_eval_mode_and_restores_training_flags():
+    model = make_model("lfm2")  # training mode; LFM2's convolution ignores the mask
+    model.model.layers[0].eval()  # a module the user left in eval mode stays there
+    calls = []
+    model.get_input_embeddings().register_forward_hook(lambda m, args, out: calls.append(m.training))
+    reason = logprobs.prefix_sharing_blocker(model)
+    assert reason is not None and "conv" in reason  # the layer types are named
+    assert logprobs.prefix_sharing_blocker(model) == reason  # cached: no second probe
+    assert calls == [False]  # ran once, in eval mode (no dropout difference between the two probe rows)
+    assert model.training and model.model.embed_tokens.training and not model.model.layers[0].training
+    # A new attention implementation or dtype is probed again
+    model.to(torch.bfloat16)
+    logprobs.prefix_sharing_blocker(model)
+    assert len(calls) == 2

@@ -6,6 +6,7 @@ format) or all message lists (conversational format), as in TRL's preference for
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,12 +20,39 @@ STANDARD = "standard"
 CONVERSATIONAL = "conversational"
 
 
+def _is_message(value: Any) -> bool:
+    # TRL's conversational format: a `role` and a `content`, or an assistant turn that calls tools and has no content
+    # (TRL's tool-call preference data omits the key; an Arrow dataset holds it as None).
+    return isinstance(value, dict) and "role" in value and ("content" in value or value.get("tool_calls") is not None)
+
+
 def _is_message_list(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-    )
+    return isinstance(value, list) and len(value) > 0 and all(_is_message(m) for m in value)
+
+
+def parse_tools(tools: Any, index: int, dataset_name: str = "train") -> list[Any]:
+    """
+    A row's `tools` as the list of tool schemas the chat template takes.
+
+    As `DPOTrainer` does, a JSON string is parsed (Arrow cannot store tool schemas of differing shapes, so datasets
+    often hold them as strings); a list passes through.
+
+    Raises:
+        ValueError: naming the row when the string is not JSON or the value is neither a list nor a JSON list.
+    """
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"Row {index} of the {dataset_name} dataset: field `tools` is not valid JSON: {error}"
+            ) from None
+    if not isinstance(tools, list):
+        raise ValueError(
+            f"Row {index} of the {dataset_name} dataset: field `tools` must be a list of tool schemas (or a JSON "
+            f"string of one), got {type(tools).__name__}."
+        )
+    return tools
 
 
 def row_format(row: dict[str, Any], index: int = 0) -> str:
@@ -45,8 +73,9 @@ def row_format(row: dict[str, Any], index: int = 0) -> str:
     for field, value in (("prompt", prompt), ("chosen", chosen)):
         if not (isinstance(value, str) or _is_message_list(value)):
             raise ValueError(
-                f"Row {index}: field `{field}` must be a string (standard format) or a non-empty list of "
-                f"{{'role', 'content'}} messages (conversational format), got {type(value).__name__}: {value!r:.80}"
+                f"Row {index}: field `{field}` must be a string (standard format) or a non-empty list of messages "
+                "with `role` and `content` (or `tool_calls`) (conversational format), got "
+                f"{type(value).__name__}: {value!r:.80}"
             )
     raise ValueError(
         f"Row {index}: `prompt` is {type(prompt).__name__} but `chosen` is {type(chosen).__name__}; both must be "
@@ -82,7 +111,7 @@ def validate_row(row: dict[str, Any], index: int, num_negatives: int | None, exp
     for j, completion in enumerate(rejected):
         ok = isinstance(completion, str) if fmt == STANDARD else _is_message_list(completion)
         if not ok:
-            expected = "a string" if fmt == STANDARD else "a non-empty list of {'role', 'content'} messages"
+            expected = "a string" if fmt == STANDARD else "a non-empty list of messages with `role` and `content`"
             raise ValueError(
                 f"Row {index}: `rejected[{j}]` must be {expected} like `chosen` ({fmt} format), got "
                 f"{type(completion).__name__}: {completion!r:.80}"

@@ -15,6 +15,12 @@ Two layouts compute the same numbers:
 Both score only the positions that predict completion tokens, through [`add_completion_logps_head`]: the model's
 forward gathers those hidden states and computes their log-probabilities in fp32, in chunks when they are many, so no
 (tokens x vocabulary) logits tensor is ever built for prompt positions.
+
+Whether the shared row is exact is decided per model, by [`prefix_sharing_blocker`]: the attention implementation
+must take a 4-D mask, sliding windows and chunked attention must not cut the row, and a probe run once per model
+must find that no completion's hidden states depend on another completion's tokens. The probe is what keeps the rule
+from going stale: convolutions, state-space scans and linear attention (LFM2, Nemotron-H, Jamba, Falcon-H1,
+Qwen3-Next, ...) ignore the mask, and a list of layer types would miss the next such architecture.
 """
 
 from __future__ import annotations
@@ -41,6 +47,19 @@ LOGITS_BUDGET = 2**24
 # The keyword the patched forward answers to; distinct from TRL's `fused_lm_head` so both patches can coexist.
 _REQUEST_KWARG = "trl_sdpo_logps_request"
 
+# The isolation probe's verdict: a change in one completion's final hidden states, relative to their largest value,
+# above this when another completion's tokens change means the shared row leaks. Layers that honour the 4-D mask give
+# exactly 0 (the other completion's keys get probability exactly 0, so its values never enter any sum; measured 0.0 in
+# fp32 and bf16, sdpa and eager, on tiny Llama, Qwen2, Mistral, Gemma, Gemma 2/3). Every conv, SSM and linear-attention
+# hybrid measured at its tiny random initialisation (LFM2, Nemotron-H, Jamba, Falcon-H1, Qwen3-Next) moved by 2e-4 or
+# more in fp32 and 2.5e-3 or more in bf16; trained weights move far more (up to ~4 nats in log-prob). A kernel that is
+# not bitwise reproducible across rows of one batch would exceed it too and only cost speed (rows layout), never
+# exactness.
+ISOLATION_TOLERANCE = 1e-5
+# Tokens in the probe's prompt and in each of its two completions: more than any short convolution's reach is not
+# needed, any dependence on the first completion shows at the second one's first tokens.
+_PROBE_TOKENS = 4
+
 _warned: set[str] = set()
 
 
@@ -58,9 +77,13 @@ class CompletionLogpsOutput(ModelOutput):
     Args:
         log_probs (`torch.Tensor` of shape `(num_positions,)`):
             Float32 log-probability of each requested target token.
+        hidden_states (`torch.Tensor` of shape `(num_positions, hidden_size)`):
+            The final hidden states at the requested positions, when the request has no targets (the isolation
+            probe); `log_probs` is then `None`.
     """
 
     log_probs: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -146,6 +169,8 @@ def _make_forward(class_forward):
         # The backbone and head are looked up on each call, since PEFT and FSDP replace modules after patching
         hidden = self.base_model(*args, **kwargs).last_hidden_state
         hidden = hidden.flatten(0, 1).index_select(0, positions.to(hidden.device))
+        if targets is None:
+            return CompletionLogpsOutput(hidden_states=hidden)
         return CompletionLogpsOutput(log_probs=_head_log_probs(self, hidden, targets))
 
     forward._trl_sdpo_wrapper = True
@@ -291,8 +316,94 @@ def _sliding_window(text_config) -> int | None:
     return window
 
 
-def _prefix_sharing_blocker(base: torch.nn.Module, longest: int) -> tuple[str, str] | None:
-    """(kind, reason) the shared-prefix layout would be wrong for this model, or None when it is exact."""
+def _mask_dtype(base: torch.nn.Module) -> torch.dtype | None:
+    """The shared-prefix mask's dtype for this model: boolean for sdpa, the weights' float dtype for eager."""
+    if base.config._attn_implementation != "eager":
+        return None
+    dtype = base.get_input_embeddings().weight.dtype
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+def _isolation_leak(model: torch.nn.Module, base: torch.nn.Module, device: torch.device | str) -> float:
+    """
+    How much one completion's final hidden states in a shared row move when the completion before it changes.
+
+    Two shared rows `[prompt | a | b]` and `[prompt | a' | b]` of random tokens go through the model in one batch; the
+    result is the largest change in `b`'s hidden states relative to their largest value (0 when the mask isolates
+    the completions). Run once per model, attention implementation and dtype (cached on the model), in eval mode so
+    that dropout cannot differ between the two rows, through the top-level forward so that PEFT, DDP and ZeRO-3
+    wrappers take part as in training (every process makes the same call).
+    """
+    key = (base.config._attn_implementation, str(base.get_input_embeddings().weight.dtype))
+    cached = base.__dict__.get("_trl_sdpo_isolation")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    add_completion_logps_head(model)
+    generator = torch.Generator().manual_seed(0)
+    vocab = base.get_input_embeddings().num_embeddings
+    prompt, first, other_first, second = (
+        torch.randint(vocab, (_PROBE_TOKENS,), generator=generator).tolist() for _ in range(4)
+    )
+    completions = {(0, 0): first, (0, 1): second, (1, 0): other_first, (1, 1): second}
+    layout = _shared_prefix_layout([prompt, prompt], completions, 2, _mask_dtype(base), device)
+    width = layout.input_ids.shape[1]
+    second_columns = torch.arange(2 * _PROBE_TOKENS, 3 * _PROBE_TOKENS)
+    positions = torch.cat([second_columns, width + second_columns]).to(device)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            hidden = model(
+                input_ids=layout.input_ids.to(device),
+                attention_mask=layout.attention_mask,
+                position_ids=layout.position_ids.to(device),
+                use_cache=False,
+                **{_REQUEST_KWARG: (positions, None)},
+            ).hidden_states.float()
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    after_first, after_other = hidden.chunk(2)
+    scale = after_first.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    leak = ((after_first - after_other).abs().max() / scale).item()
+    base._trl_sdpo_isolation = (key, leak)
+    return leak
+
+
+def _layer_types(text_config) -> str:
+    kinds = getattr(text_config, "layer_types", None) or getattr(text_config, "layers_block_type", None)
+    return f" (layer types: {', '.join(sorted(set(map(str, kinds))))})" if kinds else ""
+
+
+def prefix_sharing_blocker(
+    model: torch.nn.Module, longest: int | None = None, device: torch.device | str | None = None
+) -> str | None:
+    """
+    Why the shared-prefix layout would not be exact for `model`, or `None` when it is.
+
+    The checks, in order: the attention implementation takes a custom 4-D mask (`sdpa`, `eager`); a sliding window,
+    if any, is not shorter than `longest` (prompt + completion, in tokens); attention is not chunked; and a probe,
+    run once per model and cached on it, finds that a completion's hidden states do not depend on the tokens of
+    another completion in the same row. The probe is what catches sequence mixers that ignore the mask
+    (convolutions, state-space scans, linear attention) on any architecture, known or new.
+
+    Args:
+        model (`torch.nn.Module`): A causal LM, possibly wrapped (PEFT, DDP, accelerate).
+        longest (`int`, *optional*): The longest prompt + completion to be scored; `None` skips the window check.
+        device (`torch.device` or `str`, *optional*): Where to run the probe; defaults to the input embeddings'.
+
+    Returns:
+        `str` or `None`: the reason, in words, or `None` when every completion can share its prompt's row.
+    """
+    base = _unwrap(model)
+    blocker = _static_blocker(base, longest)
+    if blocker is not None:
+        return blocker[1]
+    return _mixer_blocker(model, base, device)
+
+
+def _static_blocker(base: torch.nn.Module, longest: int | None) -> tuple[str, str] | None:
+    """(kind, reason) read off the config alone, or None."""
     config = base.config
     for impl in {config._attn_implementation, config.get_text_config()._attn_implementation}:
         if impl not in MASK_ATTENTION_IMPLEMENTATIONS:
@@ -300,11 +411,23 @@ def _prefix_sharing_blocker(base: torch.nn.Module, longest: int) -> tuple[str, s
     window = _sliding_window(config.get_text_config())
     # The window would be measured in row offsets, not in each completion's own positions: exact only when it never
     # cuts (prompt + completion fits in it)
-    if window is not None and longest > window:
+    if window is not None and longest is not None and longest > window:
         return "window", f"sliding-window attention (window {window}) is shorter than prompt + completion ({longest})"
     if getattr(config.get_text_config(), "attention_chunk_size", None):
         return "chunked", "chunked attention is not expressed by the shared-prefix mask"
     return None
+
+
+def _mixer_blocker(model: torch.nn.Module, base: torch.nn.Module, device: torch.device | str | None) -> str | None:
+    device = device if device is not None else base.get_input_embeddings().weight.device
+    leak = _isolation_leak(model, base, device)
+    if leak <= ISOLATION_TOLERANCE:
+        return None
+    return (
+        "a probe found that one completion's tokens change another completion's hidden states in the shared row "
+        f"(by {leak:.1e} of their size): some of its sequence mixers ignore the attention mask, as convolutions, "
+        f"state-space scans and linear attention do{_layer_types(base.config.get_text_config())}"
+    )
 
 
 def completion_logps(
@@ -331,8 +454,9 @@ def completion_logps(
             (B, N, C), right padded; a completion with no tokens is absent.
         prefix_sharing (`bool`, *optional*, defaults to `True`):
             Run each prompt once for all its completions. `False` runs one prompt+completion row per completion.
-            Models whose attention cannot take the shared-prefix mask (e.g. `flash_attention_2`) use rows, with a
-            warning emitted once.
+            Models for which the shared row would not be exact (see [`prefix_sharing_blocker`]: attention that
+            cannot take the mask, e.g. `flash_attention_2`, or sequence mixers that ignore it, e.g. LFM2's
+            convolutions or Mamba layers) use rows, with a warning emitted once.
 
     Returns:
         `torch.Tensor`: (B, N) float32 sums of completion-token log-probs; 0 for absent completions.
@@ -363,7 +487,10 @@ def completion_logps(
 
     if prefix_sharing:
         longest = max(len(prompts[i]) + len(c) for (i, _), c in completions.items())
-        blocker = _prefix_sharing_blocker(base, longest)
+        blocker = _static_blocker(base, longest)
+        if blocker is None:
+            reason = _mixer_blocker(model, base, device)
+            blocker = None if reason is None else ("mixer", reason)
         if blocker is not None:
             _warn_once(
                 f"fallback-{blocker[0]}",
@@ -372,11 +499,7 @@ def completion_logps(
             )
             prefix_sharing = False
     if prefix_sharing:
-        mask_dtype = None
-        if base.config._attn_implementation == "eager":
-            mask_dtype = base.get_input_embeddings().weight.dtype
-            mask_dtype = mask_dtype if mask_dtype.is_floating_point else torch.float32
-        layout = _shared_prefix_layout(prompts, completions, n, mask_dtype, device)
+        layout = _shared_prefix_layout(prompts, completions, n, _mask_dtype(base), device)
     else:
         layout = _rows_layout(prompts, completions, n)
 

@@ -28,7 +28,7 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 
 from .collator import DataCollatorForMultiNegativePreference
 from .config import SDPOConfig
-from .data import row_format, tokenize_completions, validate_row
+from .data import parse_tools, row_format, tokenize_completions, validate_row
 from .logprobs import add_completion_logps_head, completion_logps
 from .loss import sdpo_loss
 
@@ -37,6 +37,21 @@ logger = logging.getLogger(__name__)
 _TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 # The column types TRL's precompute stores (fp32, as computed).
 _REF_FEATURES = Features({"ref_chosen_logps": Value("float32"), "ref_rejected_logps": List(Value("float32"))})
+
+
+def _refuse_router_aux_loss(model: torch.nn.Module, args: DPOConfig) -> None:
+    # DPOTrainer adds an MoE model's load-balancing loss, computed by the model's own forward from router logits over
+    # a 2-D padding mask. Our log-prob head runs the backbone itself, with a 4-D mask in the shared layout, so there is
+    # no such loss to add: refuse rather than silently train without it.
+    text_config = model.config.get_text_config()
+    coef = args.router_aux_loss_coef
+    coef = getattr(text_config, "router_aux_loss_coef", 0.0) if coef is None else coef
+    if hasattr(text_config, "output_router_logits") and coef:
+        raise ValueError(
+            f"{type(model).__name__} is a Mixture-of-Experts model whose load-balancing auxiliary loss DPOTrainer adds "
+            f"(router_aux_loss_coef={coef}); SDPOTrainer does not compute it. Pass `router_aux_loss_coef=0.0` in the "
+            "config to train without it."
+        )
 
 
 def _as_sdpo_config(args: DPOConfig | None, model: Any) -> SDPOConfig:
@@ -115,14 +130,25 @@ class SDPOTrainer(DPOTrainer):
         # The widest k seen across prepared datasets: precomputed reference log-probs are stored at this width so
         # that TRL's precompute can concatenate batches whose k differs.
         self._max_negatives = 0
+        self._total_distinct_tokens = 0
         if processing_class is None:
             source = model if isinstance(model, str) else get_config_model_id(model.config)
             processing_class = AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
         tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
         if not isinstance(tokenizer, PreTrainedTokenizerBase):
             raise TypeError("`processing_class` must be a tokenizer or a processor with a tokenizer.")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        # DPOTrainer resolves the pad token only when it builds its own collator; ours is built here, so resolve it
+        # the same way (`args.pad_token`, then the tokenizer's, then EOS).
+        pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
+        if pad_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"The specified `pad_token` ({pad_token!r}) is not in the vocabulary of the given `processing_class` "
+                f"({type(tokenizer).__name__})."
+            )
+        tokenizer.pad_token = pad_token
+        if isinstance(model, torch.nn.Module):
+            _refuse_router_aux_loss(model, args)
+            model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
         # DPOTrainer picks its pair collator inline when none is given, and its reference precompute runs inside
         # __init__ with `self.data_collator`, so ours must exist before super().__init__.
         if data_collator is None:
@@ -155,6 +181,8 @@ class SDPOTrainer(DPOTrainer):
         for module in (self.model, self.ref_model):
             if module is not None:
                 add_completion_logps_head(module)
+        if isinstance(model, str):  # loaded by the parent: check now what a model object is checked for above
+            _refuse_router_aux_loss(self.accelerator.unwrap_model(self.model), args)
 
     # ------------------------------------------------------------------ data
 
@@ -179,6 +207,12 @@ class SDPOTrainer(DPOTrainer):
                 f"Row 0 of the {dataset_name} dataset: missing field `prompt`. SDPOTrainer needs an explicit prompt "
                 "(TRL's implicit-prompt extraction is defined for one chosen/rejected pair only)."
             )
+        if "image" in first or "images" in first:
+            raise ValueError(
+                f"Row 0 of the {dataset_name} dataset has an `image`/`images` field: SDPOTrainer trains text causal "
+                "LMs only (DPOTrainer's vision path is not supported), and ignoring the images would train on text "
+                "alone. Remove the column to train on the text."
+            )
         expected_format = row_format(first, 0)
         num_negatives = getattr(args, "num_negatives", None)
 
@@ -186,8 +220,10 @@ class SDPOTrainer(DPOTrainer):
             validate_row(row, index, num_negatives, expected_format)
             rejected = row["rejected"][:num_negatives]
             template_kwargs = dict(row.get("chat_template_kwargs") or {})
-            if row.get("tools") is not None:
-                template_kwargs["tools"] = row["tools"]
+            tools = row.get("tools")
+            if tools is not None:
+                # As DPOTrainer: a `tools` column may hold JSON strings (Arrow cannot store free-form schemas)
+                template_kwargs["tools"] = parse_tools(tools, index, dataset_name)
             prompt_ids, completions = tokenize_completions(
                 tokenizer, row["prompt"], [row["chosen"], *rejected], **template_kwargs
             )
@@ -353,7 +389,8 @@ class SDPOTrainer(DPOTrainer):
         loss = losses.mean()
         self._log_metrics(mode, inputs, logps.detach(), chosen_rewards, rejected_rewards, mask)
         if return_outputs:
-            return loss, {"completion_logps": logps.detach()}
+            reference = torch.cat([ref_chosen.unsqueeze(1), ref_rejected], dim=1).to(logps)
+            return loss, {"completion_logps": logps.detach(), "ref_completion_logps": reference.detach()}
         return loss
 
     def _log_metrics(
@@ -383,17 +420,46 @@ class SDPOTrainer(DPOTrainer):
         for name, values in per_row.items():
             self._metrics[mode][name].append(self.accelerator.gather_for_metrics(values).float().mean().item())
         if mode == "train":
-            # Distinct tokens in the batch: each prompt once, every completion once.
-            tokens = inputs["prompt_attention_mask"].sum() + inputs["completion_attention_mask"].sum()
-            self._total_train_tokens += int(self.accelerator.gather_for_metrics(tokens).sum().item())
+            # `num_tokens` counts as DPOTrainer does (the attention mask of its prompt+completion rows): each prompt
+            # once per present completion. `num_tokens_distinct` counts each prompt once, which is what the
+            # shared-prefix layout feeds the model when it is in use.
+            present = inputs["completion_attention_mask"].any(-1).sum(1)
+            prompt_lengths = inputs["prompt_attention_mask"].sum(1)
+            completion_tokens = inputs["completion_attention_mask"].sum()
+            counts = torch.stack([(present * prompt_lengths).sum(), prompt_lengths.sum()]) + completion_tokens
+            counts = self.accelerator.gather_for_metrics(counts.unsqueeze(0)).sum(0).tolist()
+            self._total_train_tokens += counts[0] // getattr(self, "_tp_size", 1)
+            self._total_distinct_tokens += counts[1] // getattr(self, "_tp_size", 1)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        self._metrics[mode]["num_tokens_distinct"] = [self._total_distinct_tokens]
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys: list[str] | None = None):
-        # There are no logits to return (log-probs are computed without them); evaluation reports loss and metrics.
+        """
+        Evaluation loss, and for `compute_metrics` the summed completion log-probs of policy and reference.
+
+        `Trainer.evaluate` asks for predictions only when `compute_metrics` is set. `compute_metrics` then receives an
+        `EvalPrediction` whose `predictions` is a tuple `(policy_logps, ref_logps)`, each of shape (N, 1+K), and whose
+        `label_ids` is an (N, 1+K) int mask: column 0 is the chosen completion, columns 1..K the negatives, 1 where a
+        completion is present (K is the widest k of the prepared datasets; absent negatives hold 0 and mask 0). The
+        implicit rewards are `beta * (policy_logps - ref_logps)`. The shape is the same at every k, including k=1,
+        where it differs from `DPOTrainer`'s (full-vocabulary logits recomputed by an extra forward pass, deprecated
+        in TRL for v2.0; see docs/design.md).
+        """
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs, return_outputs=False)
-        return loss.detach(), None, None
+            if prediction_loss_only:
+                return self.compute_loss(model, inputs, return_outputs=False).detach(), None, None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        # Pad the completion axis to one width for the whole evaluation, so that Trainer concatenates batches without
+        # its -100 label padding, which would read as a log-prob.
+        width = 1 + max(self._max_negatives, inputs["rejected_mask"].shape[1])
+        present = torch.cat([torch.ones_like(inputs["rejected_mask"][:, :1]), inputs["rejected_mask"]], dim=1)
+
+        def widen(values: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(values * present, (0, width - values.shape[1]))
+
+        predictions = (widen(outputs["completion_logps"]), widen(outputs["ref_completion_logps"]))
+        return loss.detach(), predictions, widen(present.long())
 
 
 SoftmaxDPOTrainer = SDPOTrainer
