@@ -536,3 +536,32 @@ def test_rows_without_a_prompt_are_refused(tmp_path):
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
         )
+
+
+def test_reference_columns_computed_once_serve_dpo_and_sdpo(tmp_path):
+    """The runner's path: precompute the k=3 reference once, then train k=3 and k=1 (DPO) on the same columns."""
+    tokenizer, policy, _ = llama_pair()
+    settings = {**COMMON, "precompute_ref_log_probs": True}
+    first = SDPOTrainer(
+        copy.deepcopy(policy),
+        args=SDPOConfig(str(tmp_path / "k3"), **settings),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+    )
+    prepared = first.train_dataset
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(prepared.column_names)
+    # DPO through the shared columns (first negative of each row) equals TRL's DPOTrainer computing its own
+    reused = SDPOTrainer(
+        copy.deepcopy(policy),
+        args=SDPOConfig(str(tmp_path / "k1"), num_negatives=1, **settings),
+        train_dataset=prepared,
+        processing_class=tokenizer,
+    )
+    calls = []
+    reused.compute_ref_log_probs = lambda *args: calls.append(1)  # must not be needed
+    recorder = Recorder(reused)
+    reused.train()
+    dpo = train_both(tmp_path, policy, None, tokenizer=tokenizer, precompute_ref_log_probs=True)[0]
+    sdpo = (reused, recorder.losses, [h for h in reused.state.log_history if "rewards/chosen" in h])
+    assert not calls
+    assert_same_steps(dpo, sdpo)

@@ -65,6 +65,9 @@ def _with(**changes):
         (_with(methods__base={"steps": 3}), None, "`methods.base.steps`: a method of kind 'base' takes no training"),
         (_with(methods={}), None, "`methods` is empty"),
         (_with(extra_eval_methods=["sdpo", "ppo"]), None, "`extra_eval_methods` names 'ppo', not among `methods`"),
+        (_with(bf16="yes"), None, "`bf16` is 'yes'; expected true, false or auto"),
+        (_with(methods__sdpo={"trainer": "trl"}), None, "`methods.sdpo.trainer` is 'trl' for kind 'sdpo'"),
+        (_with(methods__d={"kind": "dpo", "trainer": "hf"}), None, "`methods.d.trainer` is 'hf' for kind 'dpo'"),
         (BASE, "gpu", "Unknown preset 'gpu'; the file defines: fast"),
         (_with(presets__fast={"sft": {"stepz": 1}}), "fast", "Unknown config key `sft.stepz`"),
         (_with(presets__fast={"modle": "x"}), "fast", "Unknown config key `presets.fast.modle`"),
@@ -386,3 +389,34 @@ def test_sasrec_trains_once_for_every_list_and_splits_the_ranks_back(tiny_study,
         run = json.loads((Path(config.output_dir) / "valid" / "sasrec" / f"seed{seed}.json").read_text())
         assert run["rows"]["target_rank"] == expected["default"]
         assert run["other_lists"]["sdpo-compat"]["rows"]["target_rank"] == expected["sdpo-compat"]
+
+
+@needs_recbole
+def test_dpo_through_sdpo_trainer_equals_trl_dpo_with_the_reference_computed_once(tiny_study, monkeypatch):
+    from tolerances import assert_fp32_close
+
+    from trl_sdpo.rec import training
+
+    config, _ = tiny_study
+    config.bf16, config.seeds = False, [0]  # fp32: the two trainers agree to fp32 rounding
+    dpo = config.methods["dpo"]
+    config.methods = {
+        "dpo": dpo,
+        "sdpo": config.methods["sdpo"],
+        "dpo-trl": experiments.MethodConfig("dpo-trl", "dpo", copy.deepcopy(dpo.settings), trainer="trl"),
+    }
+    calls = []
+    precompute = training.precompute_reference
+    monkeypatch.setattr(training, "precompute_reference", lambda *args: calls.append(1) or precompute(*args))
+    experiments.run_experiment(config, "valid", show_progress=False)
+    runs = {p.parent.name: json.loads(p.read_text()) for p in Path(config.output_dir).glob("valid/*/seed0.json")}
+    assert calls == [1]  # one reference pass for the seed, read by dpo and sdpo
+    assert runs["dpo"]["trainer"].startswith("trl_sdpo.SDPOTrainer (k=1") and "method" in runs["dpo"]["config"]
+    assert runs["dpo-trl"]["trainer"].startswith("trl.DPOTrainer")
+    assert "trainer" not in runs["dpo"]["config"]["method"]  # the default is not written (older runs match)
+    assert {run["precision"] for run in runs.values()} == {"fp32"}
+    log, trl_log = (next(h for h in runs[m]["log_history"] if "loss" in h) for m in ("dpo", "dpo-trl"))
+    scale = abs(trl_log["logps/chosen"]) + abs(trl_log["logps/rejected"])
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+        assert_fp32_close(log[key], trl_log[key], scale=scale, msg=key)
+    assert runs["dpo"]["rows"]["target_rank"] == runs["dpo-trl"]["rows"]["target_rank"]

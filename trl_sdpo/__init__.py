@@ -6,11 +6,12 @@ Not to be confused with TRL's unrelated `trl.experimental.sdpo.SDPOTrainer` (sel
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # kept equal to pyproject.toml's version by tests/test_packaging.py
 
 # Names are imported on first use: importing torch and trl takes seconds, and `trl_sdpo.rec` (data loading, the
 # `trl-sdpo data` command) should not pay for them.
 _EXPORTS = {
+    "CompletionSFTTrainer": "sft",
     "DataCollatorForMultiNegativePreference": "collator",
     "pad_multi_completion": "collator",
     "SDPOConfig": "config",
@@ -22,6 +23,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CompletionSFTTrainer",
     "DataCollatorForMultiNegativePreference",
     "SDPOConfig",
     "SDPOTrainer",
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from .data import merge_rejected_columns
     from .logprobs import completion_logps
     from .loss import sdpo_loss
+    from .sft import CompletionSFTTrainer
     from .trainer import SDPOTrainer, SoftmaxDPOTrainer
 
 

@@ -321,6 +321,9 @@ class SDPOTrainer(DPOTrainer):
         """
         Add the reference log-probs of every row of `dataset` as columns `ref_chosen_logps` and `ref_rejected_logps`.
 
+        A dataset that already has both columns is returned as it is: a prepared dataset taken from another trainer's
+        `train_dataset` carries its reference with it, and `num_negatives` then reads the first k of each row.
+
         One process: TRL's own method, unchanged (it caches the columns on disk, keyed by dataset and model). Several
         processes: TRL 1.16 has only rank 0 write that cache file and the other ranks open it at a path they compute
         themselves; for an in-memory dataset (`Dataset.from_list`, no cache files) that path is a random name in each
@@ -336,6 +339,10 @@ class SDPOTrainer(DPOTrainer):
         Returns:
             `Dataset`: `dataset` with the two columns added, row `i` holding row `i`'s own values.
         """
+        if set(_REF_FEATURES) <= set(dataset.column_names or []):
+            # Computed beforehand, e.g. once for several trainers that share rows and reference (the experiment runner
+            # trains DPO and S-DPO from one SFT model on the same rows): used as they are. TRL 1.16 would recompute.
+            return dataset
         if self.accelerator.num_processes == 1 or isinstance(dataset, IterableDataset):
             return super()._precompute_ref_logps(dataset, name, batch_size)
         loader = DataLoader(

@@ -40,10 +40,13 @@ def parse(parser: TrlParser, argv: list[str]) -> tuple:
 
 
 def cpu_training_defaults() -> dict[str, Any]:
-    """TRL turns bf16 on by default, which `TrainingArguments` rejects on a machine without a bf16 accelerator."""
-    from transformers.utils import is_torch_bf16_gpu_available
+    """
+    bf16 where it is native, fp32 elsewhere (`--bf16 false` forces fp32). TRL turns bf16 on by default, which
+    `TrainingArguments` rejects on a CPU unless `use_cpu` is set; on a CPU with AVX512_BF16 or AMX it is ~2x faster.
+    """
+    from ..machine import precision_kwargs
 
-    return {} if is_torch_bf16_gpu_available() else {"bf16": False}
+    return precision_kwargs("auto")
 
 
 def setup_logging() -> None:

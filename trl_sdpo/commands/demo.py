@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..machine import describe_machine, machine_info, package_versions
+from ..machine import describe_machine, machine_info, package_versions, precision_kwargs, precision_name, resolve_bf16
 from ..rec.training import plain_model, train_sdpo, train_sft
 from .args import DemoArguments, EvalArguments, ModelArguments, RecRowsArguments
 from .common import (
@@ -63,9 +63,12 @@ def make_demo_parser():
     return make_parser("demo", DESCRIPTION, [DemoArguments])
 
 
+def _bf16(args: DemoArguments) -> bool:
+    return resolve_bf16({"auto": "auto", "bf16": True, "fp32": False}[args.precision])
+
+
 def _training_config(config_class, args: DemoArguments, stage: str, **overrides):
     import torch
-    from transformers.utils import is_torch_bf16_gpu_available
 
     return config_class(
         output_dir=str(Path(args.output_dir) / "checkpoints" / stage),
@@ -80,7 +83,7 @@ def _training_config(config_class, args: DemoArguments, stage: str, **overrides)
         # Recomputing activations costs ~30% more compute, and a 135M model's activations fit in memory.
         activation_checkpointing=False,
         dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=is_torch_bf16_gpu_available(),
+        **precision_kwargs(_bf16(args)),
         seed=args.seed,
         data_seed=args.seed,
         **overrides,
@@ -203,6 +206,7 @@ def _timed(timings: dict[str, float], name: str):
 def run(command: str, argv: list[str]) -> int:
     (args,) = parse(make_demo_parser(), argv)
     setup_logging()
+    import torch
     from transformers import set_seed
     from trl import SFTConfig
 
@@ -210,6 +214,7 @@ def run(command: str, argv: list[str]) -> int:
     from ..rec.builders import build_sft_dataset
 
     start = time.perf_counter()
+    bf16 = _bf16(args)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model_args = ModelArguments(
@@ -239,10 +244,10 @@ def run(command: str, argv: list[str]) -> int:
         "num_eval_rows": len(eval_examples),
         "num_candidates": args.num_candidates,
         "model": args.model_name_or_path or "SmolLM2-135M-Instruct",
-        "s-dpo_reference": "the SFT model (S-DPO LoRA adapter disabled)"
-        if args.use_peft
-        else "a frozen copy of the SFT model",
+        "s-dpo_reference": "the SFT model (its log-probs computed once, before S-DPO trains)",
         "baselines": evaluate_baselines(dataset, eval_examples, seed=args.seed),
+        # bf16 autocast (fp32 weights, fp32 log-softmax) or fp32, for training and evaluation
+        "precision": precision_name(bf16),
         "stages": {},
         "training": {},
     }
@@ -254,9 +259,10 @@ def run(command: str, argv: list[str]) -> int:
         with _timed(timings, f"eval_{stage}"):
             logger.info(f"[demo] evaluating the {stage} model on {len(eval_examples)} {args.eval_split} rows")
             set_seed(args.seed)
-            results["stages"][stage] = evaluate_model(
-                model, tokenizer, eval_examples, EvalArguments(batch_size=args.eval_batch_size)
-            )
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                results["stages"][stage] = evaluate_model(
+                    model, tokenizer, eval_examples, EvalArguments(batch_size=args.eval_batch_size)
+                )
 
     evaluate("base", model)
 
@@ -290,6 +296,8 @@ def run(command: str, argv: list[str]) -> int:
             learning_rate=args.sdpo_learning_rate,
             beta=args.beta,
             num_negatives=args.num_negatives,
+            # The reference (the SFT model) scored once before training instead of at every step
+            precompute_ref_log_probs=True,
         )
         model, results["training"]["s-dpo"] = train_sdpo(
             model, tokenizer, preference, config, peft_config=lora_config(model_args)
@@ -323,7 +331,10 @@ def _finish(args: DemoArguments, results: dict[str, Any], output_dir: Path) -> N
     paired = paired_ranks(results)
     if paired:
         print(f"\n{paired}")
-    print(f"\nTotal time {results['timings_s']['total']:.0f} s on {describe_machine(results['machine'])}")
+    print(
+        f"\nTotal time {results['timings_s']['total']:.0f} s on {describe_machine(results['machine'])}, "
+        f"{results['precision']} (--precision)"
+    )
     print(f"Per stage (s): {results['timings_s']}")
     print(f"Report: {report_path}" + (f"   Plot: {plot_path}" if plotted else ""))
     summary = reproduction_summary()

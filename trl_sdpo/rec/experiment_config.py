@@ -84,6 +84,9 @@ class MethodConfig:
     kind: str
     settings: StageSettings | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # kind dpo only: `trl` trains with TRL's own DPOTrainer (pairs, a reference forward every step), the cross-check;
+    # None (default) with SDPOTrainer at k=1 through the shared prefix and the precomputed reference (equal loss).
+    trainer: str | None = None
 
 
 @dataclass
@@ -105,7 +108,9 @@ class ExperimentConfig:
             a random 2-layer model for smoke tests only.
         model_cache_dir (`str` or `None`): Cache of the converted default model.
         dtype (`str`): Weights dtype while training and evaluating (`float32`, `bfloat16`).
-        bf16 (`bool`): Mixed precision in the trainers (GPU).
+        bf16 (`bool` or `"auto"`): bf16 mixed precision (autocast, fp32 master weights, fp32 log-softmax) in
+            training and evaluation. `auto` (the default) uses it where it is native (a bf16 GPU, or a CPU with
+            AVX512_BF16 or AMX, ~2x faster there) and fp32 elsewhere; each run JSON records what ran (`precision`).
         lora (`LoraSettings` or `None`): Adapters instead of full fine-tuning.
         activation_checkpointing (`bool`): Trade compute for memory in training.
         max_length (`int`): Longest tokenized training row.
@@ -141,7 +146,7 @@ class ExperimentConfig:
     model: str | None = None
     model_cache_dir: str | None = None
     dtype: str = "float32"
-    bf16: bool = False
+    bf16: bool | str = "auto"
     lora: LoraSettings | None = None
     activation_checkpointing: bool = False
     max_length: int = 512
@@ -230,7 +235,7 @@ def _stage(values: dict[str, Any], where: str, base: StageSettings | None = None
 
 def _method(name: str, values: Any, preference: StageSettings) -> MethodConfig:
     where = f"methods.{name}"
-    values = dict(_keys(values, _STAGE_KEYS | {"kind", "options"}, where))
+    values = dict(_keys(values, _STAGE_KEYS | {"kind", "options", "trainer"}, where))
     kind = values.pop("kind", name)
     if kind not in METHOD_KINDS:
         raise ConfigError(
@@ -241,8 +246,16 @@ def _method(name: str, values: Any, preference: StageSettings) -> MethodConfig:
     options = values.pop("options", None) or {}
     if options and kind != "sasrec":
         raise ConfigError(f"`{where}.options` is only for kind sasrec (passed to `sasrec_ranks`), not {kind!r}.")
+    trainer = values.pop("trainer", None)
+    if trainer is not None and (kind != "dpo" or trainer not in ("sdpo", "trl")):
+        raise ConfigError(
+            f"`{where}.trainer` is {trainer!r} for kind {kind!r}; only kind dpo takes it: `trl` (TRL's DPOTrainer, the "
+            "cross-check) or `sdpo` (SDPOTrainer at k=1, the default)."
+        )
     if kind in PREFERENCE_KINDS:
-        return MethodConfig(name, kind, _stage(values, where, preference), options)
+        return MethodConfig(
+            name, kind, _stage(values, where, preference), options, None if trainer == "sdpo" else trainer
+        )
     if values:
         raise ConfigError(
             f"`{where}.{next(iter(values))}`: a method of kind {kind!r} takes no training settings (only kinds "
@@ -333,8 +346,10 @@ def _validate(config: ExperimentConfig) -> None:
         _check_type(seed, (int,), "seeds")
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError(f"`seeds` repeats a seed: {config.seeds}.")
-    for key in ("generation", "conversational", "paraphrase", "bf16", "activation_checkpointing"):
+    for key in ("generation", "conversational", "paraphrase", "activation_checkpointing"):
         _check_type(getattr(config, key), (bool,), key)
+    if config.bf16 not in (True, False, "auto"):
+        raise ConfigError(f"`bf16` is {config.bf16!r}; expected true, false or auto.")
     if config.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"`dtype` is {config.dtype!r}; expected float32, bfloat16 or float16.")
     if config.sampler not in ("default", "sdpo-compat"):

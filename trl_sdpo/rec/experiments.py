@@ -33,6 +33,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..machine import precision_name, resolve_bf16
 from .experiment_config import (
     BASELINE_KINDS,
     LM_KINDS,
@@ -134,7 +135,8 @@ def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
         f"study {config.study!r}, preset {config.preset!r}, split {p['split']}, output {config.output_dir}",
         f"model {config.model or 'SmolLM2-135M-Instruct (embedded)'}, {config.num_candidates} candidates, "
         f"{config.eval_rows or 'all'} eval rows (data seed {config.data_seed}), seeds {config.seeds}, "
-        f"generation {'on' if config.generation else 'off'}, candidate lists {config.sampler}"
+        f"generation {'on' if config.generation else 'off'}, candidate lists {config.sampler}, "
+        f"precision {precision_name(resolve_bf16(config.bf16))} (bf16: {config.bf16})"
         + "".join(f", also ranked on the {sampler} lists" for sampler in config.extra_eval_samplers)
         + (
             f" (methods {', '.join(config.extra_eval_methods)})"
@@ -154,6 +156,8 @@ def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
             )
             if method.kind != "sft-continued":
                 line += f", beta {s.beta}, k {1 if method.kind == 'dpo' else s.num_negatives} {s.negative_strategy}"
+            if method.trainer == "trl":
+                line += ", TRL's DPOTrainer"
         if method.options:
             line += ", ".join(f"{key} {value}" for key, value in method.options.items())
         lines.append(line)
@@ -244,6 +248,8 @@ def training_args(config_class, config: ExperimentConfig, stage: StageSettings, 
     """A TRL config (`SFTConfig`, `DPOConfig`, `SDPOConfig`) for one stage: no saving, a log line per step."""
     import torch
 
+    from ..machine import precision_kwargs
+
     length = {"max_steps": stage.steps} if stage.steps is not None else {"num_train_epochs": stage.epochs}
     return config_class(
         output_dir=str(output_dir),
@@ -258,7 +264,7 @@ def training_args(config_class, config: ExperimentConfig, stage: StageSettings, 
         report_to="none",
         activation_checkpointing=config.activation_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=config.bf16,
+        **precision_kwargs(config.bf16),
         seed=seed,
         data_seed=seed,
         **length,
@@ -303,6 +309,8 @@ def run_settings(config: ExperimentConfig, method: MethodConfig) -> dict[str, An
         for key in (*lm_keys, "max_new_tokens", "eval_batch_size"):
             shared.pop(key)
     shared["method"] = dataclasses.asdict(method)
+    if shared["method"]["trainer"] is None:  # the default; absent from runs written before the key existed
+        shared["method"].pop("trainer")
     return _json_safe(shared)
 
 
@@ -328,6 +336,10 @@ class _Runner:
         self.config, self.split, self.show_progress = config, split, show_progress
         self.output_dir = Path(config.output_dir)
         self._preference_cache: dict[tuple, Any] = {}
+        # Prepared preference rows with the SFT model's reference log-probs, computed once per seed and rows and
+        # shared by every method that trains on them (dpo reads the first negative's columns)
+        self._reference_cache: dict[tuple, Any] = {}
+        self.bf16 = resolve_bf16(config.bf16)
         self._base_result: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- data
@@ -391,16 +403,23 @@ class _Runner:
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, model, tokenizer, timings, examples=None) -> tuple[dict, dict]:
         """Generation (if on) and ranking metrics and per-row records on the eval rows (`examples`: other lists)."""
+        import torch
         from transformers import set_seed
-
-        from .evaluate import evaluate_generation
-        from .ranking import evaluate_ranking
 
         c = self.config
         other_lists = examples is not None
         examples = self.eval_examples if examples is None else examples
         model.eval()
         set_seed(c.data_seed)
+        # The precision the methods trained in (autocast; log-softmax stays fp32 in the log-prob head)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self._evaluate(model, tokenizer, timings, examples, other_lists)
+
+    def _evaluate(self, model, tokenizer, timings, examples, other_lists: bool) -> tuple[dict, dict]:
+        from .evaluate import evaluate_generation
+        from .ranking import evaluate_ranking
+
+        c = self.config
         generation, hits, valid = None, None, None
         if c.generation and not other_lists:
             with _timed(timings, "eval_generation"):
@@ -620,6 +639,24 @@ def preference_rows(runner: _Runner, method: MethodConfig, seed: int, model, tok
     return runner._preference_cache[key]
 
 
+def reference_rows(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer, rows):
+    """
+    The S-DPO rows tokenized, with the SFT model's reference log-probs of every completion as columns: computed once
+    per seed and rows, before any method of the seed trains, and shared by sdpo and dpo (which reads the first
+    negative's). Saves the reference forward of every training step, and the reference model's memory.
+    """
+    from ..config import SDPOConfig
+    from .training import precompute_reference
+
+    s = method.settings
+    key = (seed, s.train_rows, s.num_negatives, s.negative_strategy)
+    if key not in runner._reference_cache:
+        out = runner.output_dir / "checkpoints" / f"seed{seed}" / "trainer-reference"
+        args = training_args(SDPOConfig, runner.config, s, seed, out, precompute_ref_log_probs=True)
+        runner._reference_cache[key] = precompute_reference(model, tokenizer, rows, args)
+    return runner._reference_cache[key]
+
+
 def train_preference(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer):
     """Train sft-continued, dpo or sdpo from the SFT model; returns (plain model, log history, info for the JSON)."""
     from transformers import set_seed
@@ -638,15 +675,25 @@ def train_preference(runner: _Runner, method: MethodConfig, seed: int, model, to
     if method.kind == "sft-continued":
         args = training_args(SFTConfig, config, s, seed, out)
         model, metrics = train_sft(model, tokenizer, build_sft_dataset(examples), args, peft_config=peft)
-    elif method.kind == "sdpo":
-        args = training_args(SDPOConfig, config, s, seed, out, beta=s.beta, num_negatives=s.num_negatives)
-        model, metrics = train_sdpo(model, tokenizer, rows, args, peft_config=peft)
-    else:
-        # k=1 on the same rows: the first negative of each S-DPO row
+    elif method.kind == "dpo" and method.trainer == "trl":
+        # The cross-check: TRL's own trainer on pairs, with a reference forward at every step
         pairs = rows.map(lambda row: {"rejected": row["rejected"][0]})
         info["dpo_negative"] = f"first of the {s.num_negatives} {s.negative_strategy} negatives of each S-DPO row"
+        info["trainer"] = "trl.DPOTrainer (pairs, reference forward every step)"
         args = training_args(DPOConfig, config, s, seed, out, beta=s.beta, loss_type=["sigmoid"])
         model, metrics = train_dpo(model, tokenizer, pairs, args, peft_config=peft)
+    else:
+        prepared = reference_rows(runner, method, seed, model, tokenizer, rows)
+        # dpo: k=1 on the same rows, the first negative of each S-DPO row and its reference column. Equal to TRL's
+        # DPOTrainer in loss and gradients (tests/test_dpo_compat.py) at the cost of an S-DPO k=1 step.
+        k = 1 if method.kind == "dpo" else s.num_negatives
+        if method.kind == "dpo":
+            info["dpo_negative"] = f"first of the {s.num_negatives} {s.negative_strategy} negatives of each S-DPO row"
+        info["trainer"] = f"trl_sdpo.SDPOTrainer (k={k}, shared prefix, reference precomputed once per seed)"
+        args = training_args(
+            SDPOConfig, config, s, seed, out, beta=s.beta, num_negatives=k, precompute_ref_log_probs=True
+        )
+        model, metrics = train_sdpo(model, tokenizer, prepared, args, peft_config=peft)
     return plain_model(model), metrics["log_history"], info
 
 
@@ -702,6 +749,8 @@ def run_experiment(
                     "seed": seed,
                     "split": split,
                     "config": run_settings(config, method),
+                    # What ran (config `bf16: auto` resolves per machine); baselines use no LM
+                    "precision": None if method.kind in BASELINE_KINDS else precision_name(runner.bf16),
                     **outcome,
                     "versions": versions,
                     "machine": machine,

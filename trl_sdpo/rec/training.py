@@ -37,10 +37,13 @@ def fit(trainer_class, model, tokenizer, train_dataset, args, peft_config=None, 
 
 
 def train_sft(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
-    """Run TRL's `SFTTrainer`; returns the trained model (a `PeftModel` with `peft_config`) and the train metrics."""
-    from trl import SFTTrainer
+    """
+    Run [`~trl_sdpo.CompletionSFTTrainer`] (TRL's `SFTTrainer` with the LM head on completion positions only: the
+    same loss, no logits over the prompt); returns the trained model (a `PeftModel` with `peft_config`) and metrics.
+    """
+    from ..sft import CompletionSFTTrainer
 
-    return fit(SFTTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset)
+    return fit(CompletionSFTTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset)
 
 
 def train_sdpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
@@ -53,8 +56,32 @@ def train_sdpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dat
     """
     from ..trainer import SDPOTrainer
 
-    ref_model = reference_copy(model) if peft_config is None else None
+    # Precomputed reference log-probs (columns of a prepared dataset, or computed by the trainer) need no reference
+    # model at all
+    precomputed = args.precompute_ref_log_probs
+    ref_model = reference_copy(model) if peft_config is None and not precomputed else None
     return fit(SDPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model)
+
+
+def precompute_reference(model, tokenizer, rows, args):
+    """
+    `rows` (S-DPO rows) tokenized as `SDPOTrainer` tokenizes them, with `model`'s log-probs of every completion as
+    the columns `ref_chosen_logps` / `ref_rejected_logps`: hand the result to several `SDPOTrainer`s with
+    `precompute_ref_log_probs=True` (any `num_negatives` up to the rows' k) and none recomputes it.
+
+    Args:
+        model: The reference (the starting model of the trainers that will use the columns).
+        tokenizer: Its tokenizer.
+        rows (`datasets.Dataset`): prompt / chosen / rejected rows.
+        args (`SDPOConfig`): With `precompute_ref_log_probs=True`; `max_length`, truncation and precision as the
+            trainers that will read the columns.
+    """
+    from ..trainer import SDPOTrainer
+
+    if not args.precompute_ref_log_probs:
+        raise ValueError("precompute_reference needs `precompute_ref_log_probs=True` in `args`.")
+    trainer = SDPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+    return trainer.train_dataset
 
 
 def train_dpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
