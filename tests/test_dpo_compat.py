@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset
 from reference import float64_sequence_logp
 from test_logprobs import COMPLETIONS, PROMPTS, batch_of, separate_passes
+from test_trainer_equivalence import ROWS as EQUIVALENCE_ROWS
 from tiny import make_model, make_tokenizer
 from tolerances import FP32_ULPS, assert_fp32_close, magnitude
 from trl import DPOConfig, DPOTrainer
@@ -41,14 +42,7 @@ ARCH_IDS = [a for a, _, _ in ARCHITECTURES]
 MORE_HYBRIDS = [("jamba", "sdpa", False), ("falcon_h1", "sdpa", False), ("qwen3_next", "sdpa", False)]
 
 ROWS = [
-    {
-        "prompt": "Which movie next? Heat, Fargo. Answer:",
-        "chosen": " Fargo",
-        "rejected": [" Heat", " Babe", " Casino"],
-    },
-    {"prompt": "Recommend one artist. Answer:", "chosen": " Muse", "rejected": [" Blur", " Pulp", " Oasis"]},
-    {"prompt": "The user likes Toy Story. Answer:", "chosen": " Jumanji", "rejected": [" Sabrina", " Heat", " Babe"]},
-    {"prompt": "Given the candidates: red, blue. Answer:", "chosen": " blue", "rejected": [" red", " green", " cat"]},
+    *EQUIVALENCE_ROWS,  # the four rows of the k=1 / float64 equivalence tests, and two more for three steps of 2
     {"prompt": "hello world, good or bad? Answer:", "chosen": " good", "rejected": [" bad", " moon", " fish"]},
     {"prompt": "a b c d e f: pick one. Answer:", "chosen": " e", "rejected": [" a", " z", " 9"]},
 ]
@@ -514,22 +508,20 @@ def test_moe_router_aux_loss_is_refused_naming_the_option(tmp_path):
     trainer.train()
 
 
-def test_vision_rows_are_refused(tmp_path):
-    rows = [{**r, "images": []} for r in ROWS]
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{**r, "images": []} for r in ROWS], "image"),  # vision rows: text causal LMs only
+        (  # an implicit prompt: TRL's extraction is defined for one pair only
+            [{"chosen": r["prompt"] + r["chosen"], "rejected": [r["prompt"] + r["rejected"][0]]} for r in ROWS],
+            "missing field `prompt`",
+        ),
+    ],
+    ids=["vision", "implicit-prompt"],
+)
+def test_rows_dpo_trainer_reads_differently_are_refused(tmp_path, rows, message):
     tokenizer = make_tokenizer()
-    with pytest.raises(ValueError, match="image"):
-        SDPOTrainer(
-            make_model("llama", tokenizer=tokenizer),
-            args=SDPOConfig(str(tmp_path), **COMMON, precompute_ref_log_probs=True),
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer,
-        )
-
-
-def test_rows_without_a_prompt_are_refused(tmp_path):
-    rows = [{"chosen": r["prompt"] + r["chosen"], "rejected": [r["prompt"] + r["rejected"][0]]} for r in ROWS]
-    tokenizer = make_tokenizer()
-    with pytest.raises(ValueError, match="missing field `prompt`"):
+    with pytest.raises(ValueError, match=message):
         SDPOTrainer(
             make_model("llama", tokenizer=tokenizer),
             args=SDPOConfig(str(tmp_path), **COMMON, precompute_ref_log_probs=True),
