@@ -106,7 +106,11 @@ def _step_timer():
     return StepTimer()
 
 
-def _args(config_class, out: str, bf16: bool, steps: int, **extra):
+# The `cpu` preset's committed runs used transformers' default AdamW (foreach); the runner now uses the fused kernel
+BEFORE = {"sft-trl-fp32", "sdpo-ref-fp32", "dpo-trl-fp32"}
+
+
+def _args(config_class, out: str, bf16: bool, steps: int, optim: str = "adamw_torch", **extra):
     from trl_sdpo.machine import precision_kwargs
 
     return config_class(
@@ -124,6 +128,7 @@ def _args(config_class, out: str, bf16: bool, steps: int, **extra):
         dataloader_pin_memory=False,
         disable_tqdm=True,
         seed=0,
+        optim=optim,
         **precision_kwargs(bf16),
         **extra,
     )
@@ -136,6 +141,7 @@ def worker(args) -> dict:
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     from trl_sdpo import CompletionSFTTrainer, SDPOConfig, SDPOTrainer
+    from trl_sdpo.machine import FAST_OPTIMIZER
     from trl_sdpo.rec.builders import build_preference_dataset, build_sft_dataset
     from trl_sdpo.rec.evaluate import evaluate_generation
     from trl_sdpo.rec.experiments import default_tokenizer
@@ -144,6 +150,8 @@ def worker(args) -> dict:
 
     case = args.case
     bf16 = case.endswith("bf16")
+    # "now" cases train as the runner does (fused AdamW); "before" cases as the committed runs did
+    optim = "adamw_torch" if case in BEFORE or not args.fused_adamw else FAST_OPTIMIZER
     steps = args.warmup + args.steps
     tokenizer = default_tokenizer()
     model = _model(tokenizer)
@@ -168,14 +176,14 @@ def worker(args) -> dict:
             trainer_class = SFTTrainer if case.startswith("sft-trl") else CompletionSFTTrainer
             trainer = trainer_class(
                 model=model,
-                args=_args(SFTConfig, out, bf16, steps),
+                args=_args(SFTConfig, out, bf16, steps, optim),
                 train_dataset=build_sft_dataset(examples),
                 processing_class=tokenizer,
             )
         else:
             rows = build_preference_dataset(examples, num_negatives=3, strategy="random", seed=0, dataset=dataset)
             if case.startswith("reference"):
-                config = _args(SDPOConfig, out, bf16, steps, precompute_ref_log_probs=True)
+                config = _args(SDPOConfig, out, bf16, steps, optim, precompute_ref_log_probs=True)
                 start = time.perf_counter()
                 precompute_reference(model, tokenizer, rows, config)
                 elapsed = time.perf_counter() - start
@@ -183,7 +191,7 @@ def worker(args) -> dict:
                 trainer = None
             elif case.startswith("dpo-trl"):
                 pairs = rows.map(lambda row: {"rejected": row["rejected"][0]})
-                config = _args(DPOConfig, out, bf16, steps, beta=1.0, loss_type=["sigmoid"])
+                config = _args(DPOConfig, out, bf16, steps, optim, beta=1.0, loss_type=["sigmoid"])
                 trainer = DPOTrainer(
                     model, ref_model=reference_copy(model), args=config, train_dataset=pairs,
                     processing_class=tokenizer,
@@ -192,7 +200,14 @@ def worker(args) -> dict:
                 k = 1 if case.startswith("dpo") else 3
                 precomputed = "-pre-" in case
                 config = _args(
-                    SDPOConfig, out, bf16, steps, beta=1.0, num_negatives=k, precompute_ref_log_probs=precomputed
+                    SDPOConfig,
+                    out,
+                    bf16,
+                    steps,
+                    optim,
+                    beta=1.0,
+                    num_negatives=k,
+                    precompute_ref_log_probs=precomputed,
                 )
                 if precomputed:  # as the runner: computed once (not timed here), then read by the trainer
                     rows = precompute_reference(model, tokenizer, rows, config)
@@ -214,6 +229,7 @@ def worker(args) -> dict:
 def run_case(args, case: str) -> dict | None:
     command = [sys.executable, __file__, "--worker", "--case", case, "--steps", str(args.steps)]
     command += ["--warmup", str(args.warmup), "--eval-rows", str(args.eval_rows)]
+    command += ["--fused-adamw"] if args.fused_adamw else []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -270,6 +286,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--eval-rows", type=int, default=16)
     parser.add_argument("--cases", nargs="+", default=[c[0] for c in CASES])
+    parser.add_argument(
+        "--fused-adamw", action=argparse.BooleanOptionalAction, default=True,
+        help="train the 'now' cases with fused AdamW, as the runner does (the 'before' cases always use the default)",
+    )  # fmt: skip
+    parser.add_argument("--merge", help="results JSON of an earlier run: its cases not run now are kept")
     parser.add_argument("--output", help="results JSON (default: benchmarks/results/training-<cpu>.json)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -288,12 +309,23 @@ def main():
         results[case] = run_case(args, case)
         print(f"{case}: {results[case] and round(results[case]['per_row_s'], 3)} s/row "
               f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+    if args.merge:
+        results = {**json.loads(Path(args.merge).read_text())["results"], **results}
+        results = {case: results.get(case) for case, *_ in CASES if case in results}
     info = machine_info()
     report = {
         "machine": info,
         "machine_line": describe_machine(info),
         "versions": package_versions(),
-        "settings": {"batch": BATCH, "steps": args.steps, "warmup": args.warmup, "eval_rows": args.eval_rows},
+        "settings": {
+            "batch": BATCH,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "eval_rows": args.eval_rows,
+            "fused_adamw_now": args.fused_adamw,
+            "merged_from": args.merge,
+            "cases_run_now": args.cases,
+        },  # fmt: skip
         "results": results,
         "targets": targets(results) if all(results.get(c[0]) for c in CASES) else None,
     }

@@ -1,5 +1,7 @@
 """What every reported time is recorded with (`trl_sdpo.machine`)."""
 
+import pytest
+
 from trl_sdpo.machine import describe_machine, machine_info, package_versions
 
 
@@ -31,3 +33,23 @@ def test_machine_info_and_versions_describe_this_process():
     assert info["logical_cpus"] >= 1 and info["torch_threads"] >= 1
     versions = package_versions()
     assert versions["torch"] and versions["trl"] and versions["python"].count(".") == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [({"avx2", "fma"}, False), ({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True)],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch, flags, native):
+    import torch
+
+    from trl_sdpo import machine
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: ("a CPU", flags))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert machine.cpu_has_native_bf16() is native
+    assert machine.resolve_bf16("auto") is native and machine.resolve_bf16(None) is native
+    # transformers lets accelerate autocast on a CPU only with `use_cpu`
+    assert machine.precision_kwargs("auto") == ({"bf16": True, "use_cpu": True} if native else {"bf16": False})
+    assert machine.resolve_bf16(True) is True and machine.resolve_bf16(False) is False  # explicit wins
+    with pytest.raises(ValueError, match="true, false or auto"):
+        machine.resolve_bf16("fast")

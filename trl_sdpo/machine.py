@@ -126,6 +126,11 @@ def precision_kwargs(bf16: bool | str | None) -> dict[str, bool]:
     return {"bf16": on, "use_cpu": True} if on and not torch.cuda.is_available() else {"bf16": on}
 
 
+# PyTorch's single-kernel AdamW: the same update as the default `adamw_torch` (foreach), 4.6x faster on the 135M
+# parameters of SmolLM2-135M on 2 AVX-512 cores (0.085 s against 0.395 s a step), CPU and GPU alike.
+FAST_OPTIMIZER = "adamw_torch_fused"
+
+
 def precision_name(bf16: bool) -> str:
     """`"bf16"` (autocast, fp32 master weights) or `"fp32"`, as recorded in run JSONs and printed by the demo."""
     return "bf16" if bf16 else "fp32"

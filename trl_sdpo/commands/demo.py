@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..machine import describe_machine, machine_info, package_versions, precision_kwargs, precision_name, resolve_bf16
+from ..machine import (
+    FAST_OPTIMIZER,
+    describe_machine,
+    machine_info,
+    package_versions,
+    precision_kwargs,
+    precision_name,
+    resolve_bf16,
+)
 from ..rec.training import plain_model, train_sdpo, train_sft
 from .args import DemoArguments, EvalArguments, ModelArguments, RecRowsArguments
 from .common import (
@@ -84,6 +92,7 @@ def _training_config(config_class, args: DemoArguments, stage: str, **overrides)
         activation_checkpointing=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         **precision_kwargs(_bf16(args)),
+        optim=FAST_OPTIMIZER,
         seed=args.seed,
         data_seed=args.seed,
         **overrides,

@@ -248,7 +248,7 @@ def training_args(config_class, config: ExperimentConfig, stage: StageSettings, 
     """A TRL config (`SFTConfig`, `DPOConfig`, `SDPOConfig`) for one stage: no saving, a log line per step."""
     import torch
 
-    from ..machine import precision_kwargs
+    from ..machine import FAST_OPTIMIZER, precision_kwargs
 
     length = {"max_steps": stage.steps} if stage.steps is not None else {"num_train_epochs": stage.epochs}
     return config_class(
@@ -265,6 +265,7 @@ def training_args(config_class, config: ExperimentConfig, stage: StageSettings, 
         activation_checkpointing=config.activation_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
         **precision_kwargs(config.bf16),
+        optim=FAST_OPTIMIZER,
         seed=seed,
         data_seed=seed,
         **length,
