@@ -99,23 +99,37 @@ class Recorder:
         trainer.compute_loss = compute_loss
 
 
+def build_both(tmp_path, policy, ref, dpo_rows, sdpo_rows, tokenizer, eval_rows=None, sdpo_extra=None, **overrides):
+    """A DPOTrainer on `dpo_rows` and an SDPOTrainer on `sdpo_rows`, each from its own copy of the same start.
+
+    `eval_rows(rows)` builds each trainer's eval dataset from its own rows; `sdpo_extra` goes to SDPOTrainer only.
+    """
+    settings = {**COMMON, **overrides}
+    trainers = []
+    for name, trainer_class, config_class, rows, extra in (
+        ("dpo", DPOTrainer, DPOConfig, dpo_rows, {}),
+        ("sdpo", SDPOTrainer, SDPOConfig, sdpo_rows, sdpo_extra or {}),
+    ):
+        trainers.append(
+            trainer_class(
+                copy.deepcopy(policy),
+                ref_model=None if ref is None else copy.deepcopy(ref),
+                args=config_class(str(tmp_path / name), **settings),
+                train_dataset=Dataset.from_list(rows),
+                eval_dataset=None if eval_rows is None else eval_rows(rows),
+                processing_class=tokenizer,
+                **extra,
+            )
+        )
+    return trainers
+
+
 def train_both(tmp_path, policy, ref, rows=ROWS, dpo_rows=None, sdpo_rows=None, tokenizer=None, **overrides):
     """Train DPOTrainer on pairs and SDPOTrainer on k=1 lists from the same start; return both trainers' records."""
     tokenizer = tokenizer or make_tokenizer()
-    settings = {**COMMON, **overrides}
+    dpo_rows, sdpo_rows = dpo_rows or pair_rows(rows), sdpo_rows or k1_rows(rows)
     results = []
-    for name, trainer_class, config_class, data in (
-        ("dpo", DPOTrainer, DPOConfig, dpo_rows or pair_rows(rows)),
-        ("sdpo", SDPOTrainer, SDPOConfig, sdpo_rows or k1_rows(rows)),
-    ):
-        config = config_class(str(tmp_path / name), **settings)
-        trainer = trainer_class(
-            copy.deepcopy(policy),
-            ref_model=None if ref is None else copy.deepcopy(ref),
-            args=config,
-            train_dataset=Dataset.from_list(data),
-            processing_class=tokenizer,
-        )
+    for trainer in build_both(tmp_path, policy, ref, dpo_rows, sdpo_rows, tokenizer, **overrides):
         recorder = Recorder(trainer)
         trainer.train()
         logs = [h for h in trainer.state.log_history if "rewards/chosen" in h]
@@ -306,21 +320,7 @@ def test_tool_call_rows_tokenize_as_dpo_trainer(tmp_path, tools_as_json):
     tokenizer.chat_template = TOOL_TEMPLATE
     policy = make_model("llama", tokenizer=tokenizer)
     rows = tool_rows(tools_as_json)
-    settings = {**COMMON, "precompute_ref_log_probs": False}
-    dpo = DPOTrainer(
-        copy.deepcopy(policy),
-        ref_model=copy.deepcopy(policy),
-        args=DPOConfig(str(tmp_path / "dpo"), **settings),
-        train_dataset=Dataset.from_list(pair_rows(rows)),
-        processing_class=tokenizer,
-    )
-    sdpo = SDPOTrainer(
-        copy.deepcopy(policy),
-        ref_model=copy.deepcopy(policy),
-        args=SDPOConfig(str(tmp_path / "sdpo"), **settings),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
+    dpo, sdpo = build_both(tmp_path, policy, policy, pair_rows(rows), rows, tokenizer)
     for expected, actual in zip(dpo.train_dataset, sdpo.train_dataset):
         assert actual["prompt_ids"] == expected["prompt_ids"]
         assert actual["chosen_ids"] == expected["chosen_ids"]
@@ -408,22 +408,15 @@ def test_compute_metrics_at_k1_sees_the_rewards_dpo_trainer_logs(tmp_path):
         policy_logps, ref_logps = prediction.predictions
         return {"margin": float((COMMON["beta"] * (policy_logps - ref_logps) @ [1.0, -1.0]).mean())}
 
-    dpo = DPOTrainer(
-        copy.deepcopy(policy),
-        ref_model=copy.deepcopy(ref),
-        args=DPOConfig(str(tmp_path / "dpo"), **COMMON),
-        train_dataset=Dataset.from_list(pair_rows(ROWS)),
-        eval_dataset=Dataset.from_list(pair_rows(ROWS)),
-        processing_class=tokenizer,
-    )
-    sdpo = SDPOTrainer(
-        copy.deepcopy(policy),
-        ref_model=copy.deepcopy(ref),
-        args=SDPOConfig(str(tmp_path / "sdpo"), **COMMON),
-        train_dataset=Dataset.from_list(k1_rows(ROWS)),
-        eval_dataset=Dataset.from_list(k1_rows(ROWS)),
-        processing_class=tokenizer,
-        compute_metrics=rewards,
+    dpo, sdpo = build_both(
+        tmp_path,
+        policy,
+        ref,
+        pair_rows(ROWS),
+        k1_rows(ROWS),
+        tokenizer,
+        Dataset.from_list,
+        {"compute_metrics": rewards},
     )
     expected, actual = dpo.evaluate(), sdpo.evaluate()
     scale = magnitude(expected["eval_logps/chosen"], expected["eval_logps/rejected"])
@@ -433,20 +426,13 @@ def test_compute_metrics_at_k1_sees_the_rewards_dpo_trainer_logs(tmp_path):
 
 def test_eval_dataset_dict_matches_dpo_trainer(tmp_path):
     tokenizer, policy, ref = llama_pair()
-    results = []
-    for name, trainer_class, config_class, rows in (
-        ("dpo", DPOTrainer, DPOConfig, pair_rows(ROWS)),
-        ("sdpo", SDPOTrainer, SDPOConfig, k1_rows(ROWS)),
-    ):
-        trainer = trainer_class(
-            copy.deepcopy(policy),
-            ref_model=copy.deepcopy(ref),
-            args=config_class(str(tmp_path / name), **COMMON),
-            train_dataset=Dataset.from_list(rows),
-            eval_dataset={"a": Dataset.from_list(rows[:3]), "b": Dataset.from_list(rows[3:])},
-            processing_class=tokenizer,
-        )
-        results.append(trainer.evaluate())
+
+    def splits(rows):
+        return {"a": Dataset.from_list(rows[:3]), "b": Dataset.from_list(rows[3:])}
+
+    results = [
+        t.evaluate() for t in build_both(tmp_path, policy, ref, pair_rows(ROWS), k1_rows(ROWS), tokenizer, splits)
+    ]
     expected, actual = results
     # TRL 1.16 prefixes only the loss with the split's name; the reward metrics are logged once, unprefixed
     scale = magnitude(expected["eval_logps/chosen"], expected["eval_logps/rejected"])

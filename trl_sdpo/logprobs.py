@@ -395,11 +395,15 @@ def prefix_sharing_blocker(
     Returns:
         `str` or `None`: the reason, in words, or `None` when every completion can share its prompt's row.
     """
-    base = _unwrap(model)
-    blocker = _static_blocker(base, longest)
-    if blocker is not None:
-        return blocker[1]
-    return _mixer_blocker(model, base, device)
+    blocker = _blocker(model, _unwrap(model), longest, device)
+    return None if blocker is None else blocker[1]
+
+
+def _blocker(
+    model: torch.nn.Module, base: torch.nn.Module, longest: int | None, device: torch.device | str | None
+) -> tuple[str, str] | None:
+    """(kind, reason) of [`prefix_sharing_blocker`]: the config's checks first, the probe only if they pass."""
+    return _static_blocker(base, longest) or _mixer_blocker(model, base, device)
 
 
 def _static_blocker(base: torch.nn.Module, longest: int | None) -> tuple[str, str] | None:
@@ -418,12 +422,14 @@ def _static_blocker(base: torch.nn.Module, longest: int | None) -> tuple[str, st
     return None
 
 
-def _mixer_blocker(model: torch.nn.Module, base: torch.nn.Module, device: torch.device | str | None) -> str | None:
+def _mixer_blocker(
+    model: torch.nn.Module, base: torch.nn.Module, device: torch.device | str | None
+) -> tuple[str, str] | None:
     device = device if device is not None else base.get_input_embeddings().weight.device
     leak = _isolation_leak(model, base, device)
     if leak <= ISOLATION_TOLERANCE:
         return None
-    return (
+    return "mixer", (
         "a probe found that one completion's tokens change another completion's hidden states in the shared row "
         f"(by {leak:.1e} of their size): some of its sequence mixers ignore the attention mask, as convolutions, "
         f"state-space scans and linear attention do{_layer_types(base.config.get_text_config())}"
@@ -487,10 +493,7 @@ def completion_logps(
 
     if prefix_sharing:
         longest = max(len(prompts[i]) + len(c) for (i, _), c in completions.items())
-        blocker = _static_blocker(base, longest)
-        if blocker is None:
-            reason = _mixer_blocker(model, base, device)
-            blocker = None if reason is None else ("mixer", reason)
+        blocker = _blocker(model, base, longest, device)
         if blocker is not None:
             _warn_once(
                 f"fallback-{blocker[0]}",

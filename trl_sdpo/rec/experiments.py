@@ -618,12 +618,18 @@ def train_sft_checkpoint(runner: _Runner, seed: int, directory: Path, settings: 
     return record
 
 
+def _rows_key(method: MethodConfig, seed: int) -> tuple:
+    """What decides a method's preference rows: methods with the same key train on the very same rows."""
+    s = method.settings
+    return (seed, s.train_rows, s.num_negatives, s.negative_strategy)
+
+
 def preference_rows(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer):
     """The preference examples and S-DPO rows of a method; cached so that dpo and sdpo train on the same rows."""
     from .builders import build_preference_dataset
 
     s = method.settings
-    key = (seed, s.train_rows, s.num_negatives, s.negative_strategy)
+    key = _rows_key(method, seed)
     if key not in runner._preference_cache:
         examples = runner.train_examples(s.train_rows, seed + PREFERENCE_SEED_OFFSET)
         hard = s.negative_strategy == "model"  # only model negatives need the SFT model to score candidates
@@ -650,7 +656,7 @@ def reference_rows(runner: _Runner, method: MethodConfig, seed: int, model, toke
     from .training import precompute_reference
 
     s = method.settings
-    key = (seed, s.train_rows, s.num_negatives, s.negative_strategy)
+    key = _rows_key(method, seed)
     if key not in runner._reference_cache:
         out = runner.output_dir / "checkpoints" / f"seed{seed}" / "trainer-reference"
         args = training_args(SDPOConfig, runner.config, s, seed, out, precompute_ref_log_probs=True)
