@@ -126,9 +126,9 @@ def tiny_study(tmp_path, monkeypatch):
     calls = []
     train_sft_checkpoint = experiments.train_sft_checkpoint
 
-    def counted(runner, seed, *args):
+    def counted(runner, seed, *args, **kwargs):
         calls.append(seed)
-        return train_sft_checkpoint(runner, seed, *args)
+        return train_sft_checkpoint(runner, seed, *args, **kwargs)
 
     monkeypatch.setattr(experiments, "train_sft_checkpoint", counted)
     monkeypatch.setitem(sys.modules, "trl_sdpo.rec.sasrec", None)  # the extra is "not installed": skipped

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,19 @@ class StageSettings:
         beta (`float`): DPO/S-DPO beta (preference stage only).
         num_negatives (`int`): k, rejected titles per row; DPO uses the first of them (k=1 on the same rows).
         negative_strategy (`str`): `random`, `popular` or `model` (scored by the SFT model: hard negatives).
+        curve_rows (`list[int]` or `None`): SFT stage only: the rows seen (optimizer steps x effective batch) at
+            which the model is also saved, a learning curve in one run; methods of kind `sft` pick a point with
+            `sft_rows`. Each must be a multiple of the effective batch, in increasing order.
+        start_rows (`int` or `None`): SFT stage only: the curve point (rows seen) that the `sft` method and the
+            preference stage start from; `None` = the end of the stage. Not part of the SFT model's own settings.
+        heldout_rows (`int`): Preference stage only: preference rows drawn beside the training rows (disjoint, from
+            the train split) and given to the trainer as `eval_dataset`, so the log shows whether and when the
+            implicit rewards moved on rows the model did not train on; 0 = none.
+        eval_steps (`int` or `None`): Preference stage only: evaluate the held-out rows every this many optimizer
+            steps (and at the end); `None` = at the end only.
+        save_steps (`int` or `None`): Save a Trainer checkpoint (model, optimizer, scheduler, RNG) every this many
+            optimizer steps, so that a killed sitting resumes from it in the next `trl-sdpo experiment` call;
+            `None` = no checkpoints (a run killed midway starts over).
     """
 
     train_rows: int | None = 64
@@ -64,6 +78,11 @@ class StageSettings:
     beta: float = 1.0
     num_negatives: int = 3
     negative_strategy: str = "random"
+    curve_rows: list[int] | None = None
+    start_rows: int | None = None
+    heldout_rows: int = 0
+    eval_steps: int | None = None
+    save_steps: int | None = None
 
 
 @dataclass
@@ -87,6 +106,9 @@ class MethodConfig:
     # kind dpo only: `trl` trains with TRL's own DPOTrainer (pairs, a reference forward every step), the cross-check;
     # None (default) with SDPOTrainer at k=1 through the shared prefix and the precomputed reference (equal loss).
     trainer: str | None = None
+    # kind sft only: the point of the SFT learning curve (`sft.curve_rows`) this method evaluates; None = the model
+    # the preference stage starts from (`sft.start_rows`, or the end of the stage)
+    sft_rows: int | None = None
 
 
 @dataclass
@@ -119,6 +141,8 @@ class ExperimentConfig:
         data_seed (`int`): Seeds the eval rows and their candidates: identical for every method and seed.
         seeds (`list[int]`): Training seeds (train rows, negatives, initialization, data order).
         generation (`bool`): Also run the paper's generation evaluation (HR@1, ValidRatio); off = `null` metrics.
+        generation_rows (`int` or `None`): Generate for the first this many eval rows only (generation costs about as
+            much as ranking per row and needs fewer rows for its question); `None` = every eval row.
         extra_eval_samplers (`list[str]`): Also evaluate every method on the same eval rows with the candidate lists
             of these samplers (e.g. `["sdpo-compat"]`: the paper's leaking lists), ranking only, into the run JSON's
             `other_lists`; the same trained model, so the difference is the lists' alone.
@@ -155,6 +179,7 @@ class ExperimentConfig:
     data_seed: int = 0
     seeds: list[int] = field(default_factory=lambda: [0])
     generation: bool = True
+    generation_rows: int | None = None
     extra_eval_samplers: list[str] = field(default_factory=list)
     extra_eval_methods: list[str] | None = None
     max_new_tokens: int = 20
@@ -170,6 +195,8 @@ class ExperimentConfig:
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"preset"} | {"presets"}
 _STAGE_KEYS = {f.name for f in dataclasses.fields(StageSettings)}
+_SFT_ONLY_KEYS = {"curve_rows", "start_rows"}
+_PREFERENCE_ONLY_KEYS = {"heldout_rows", "eval_steps"}
 _LORA_KEYS = {f.name for f in dataclasses.fields(LoraSettings)}
 
 
@@ -209,8 +236,21 @@ def _check_type(value: Any, expected: tuple[type, ...], key: str, allow_none: bo
 
 
 def _stage(values: dict[str, Any], where: str, base: StageSettings | None = None) -> StageSettings:
-    _keys(values, _STAGE_KEYS, where)
+    # The curve is the SFT stage's, the held-out preference rows the preference stage's
+    _keys(values, _STAGE_KEYS - (_PREFERENCE_ONLY_KEYS if where == "sft" else _SFT_ONLY_KEYS), where)
     merged = {**dataclasses.asdict(base or StageSettings()), **values}
+    for key in ("heldout_rows",):
+        _check_type(merged[key], (int,), f"{where}.{key}")
+        if merged[key] < 0:
+            raise ConfigError(f"`{where}.{key}` must be 0 or more, got {merged[key]}.")
+    for key in ("eval_steps", "save_steps", "start_rows"):
+        _check_type(merged[key], (int,), f"{where}.{key}", allow_none=True)
+        if merged[key] is not None and merged[key] < 1:
+            raise ConfigError(f"`{where}.{key}` must be at least 1 (or null), got {merged[key]}.")
+    if merged["curve_rows"] is not None:
+        _curve(merged, where)
+    elif merged["start_rows"] is not None:
+        raise ConfigError(f"`{where}.start_rows` names a point of `{where}.curve_rows`, which is not set.")
     for key in ("train_rows", "batch_size", "gradient_accumulation_steps", "num_negatives"):
         _check_type(merged[key], (int,), f"{where}.{key}", allow_none=key == "train_rows")
         if merged[key] is not None and merged[key] < 1:
@@ -233,9 +273,44 @@ def _stage(values: dict[str, Any], where: str, base: StageSettings | None = None
     return StageSettings(**merged)
 
 
-def _method(name: str, values: Any, preference: StageSettings) -> MethodConfig:
+def _curve(merged: dict[str, Any], where: str) -> None:
+    """Check `curve_rows` (increasing multiples of the effective batch, within the stage) and `start_rows` (one of them)."""
+    curve = merged["curve_rows"]
+    if not isinstance(curve, list) or not curve:
+        raise ConfigError(f"`{where}.curve_rows` must be a non-empty list of row counts, got {curve!r}.")
+    batch = merged["batch_size"] * merged["gradient_accumulation_steps"]
+    for rows in curve:
+        _check_type(rows, (int,), f"{where}.curve_rows")
+        if rows < 1 or rows % batch:
+            raise ConfigError(
+                f"`{where}.curve_rows` holds {rows}: each point must be a positive multiple of the effective batch "
+                f"({merged['batch_size']} x {merged['gradient_accumulation_steps']} = {batch}), a whole optimizer step."
+            )
+    if curve != sorted(set(curve)):
+        raise ConfigError(f"`{where}.curve_rows` must increase strictly, got {curve}.")
+    steps = stage_steps(StageSettings(**merged))
+    if steps is not None and curve[-1] > steps * batch:
+        raise ConfigError(
+            f"`{where}.curve_rows` ends at {curve[-1]} rows, past the stage's {steps} steps x {batch} = "
+            f"{steps * batch} rows."
+        )
+    if merged["start_rows"] is not None and merged["start_rows"] not in curve:
+        raise ConfigError(f"`{where}.start_rows` is {merged['start_rows']}, not a point of `curve_rows` {curve}.")
+
+
+def stage_steps(stage: StageSettings) -> int | None:
+    """Optimizer steps of a stage: `steps`, or the steps of `epochs` epochs over `train_rows` (None: whole split)."""
+    if stage.steps is not None:
+        return stage.steps
+    if stage.train_rows is None:
+        return None
+    per_epoch = math.ceil(stage.train_rows / (stage.batch_size * stage.gradient_accumulation_steps))
+    return math.ceil(per_epoch * stage.epochs)
+
+
+def _method(name: str, values: Any, preference: StageSettings, sft: StageSettings) -> MethodConfig:
     where = f"methods.{name}"
-    values = dict(_keys(values, _STAGE_KEYS | {"kind", "options", "trainer"}, where))
+    values = dict(_keys(values, (_STAGE_KEYS - _SFT_ONLY_KEYS) | {"kind", "options", "trainer", "sft_rows"}, where))
     kind = values.pop("kind", name)
     if kind not in METHOD_KINDS:
         raise ConfigError(
@@ -252,6 +327,14 @@ def _method(name: str, values: Any, preference: StageSettings) -> MethodConfig:
             f"`{where}.trainer` is {trainer!r} for kind {kind!r}; only kind dpo takes it: `trl` (TRL's DPOTrainer, the "
             "cross-check) or `sdpo` (SDPOTrainer at k=1, the default)."
         )
+    sft_rows = values.pop("sft_rows", None)
+    if sft_rows is not None:
+        if kind != "sft":
+            raise ConfigError(f"`{where}.sft_rows` is only for kind sft (a point of the SFT curve), not {kind!r}.")
+        if sft_rows not in (sft.curve_rows or []):
+            raise ConfigError(
+                f"`{where}.sft_rows` is {sft_rows!r}, not a point of `sft.curve_rows` ({sft.curve_rows})."
+            )
     if kind in PREFERENCE_KINDS:
         return MethodConfig(
             name, kind, _stage(values, where, preference), options, None if trainer == "sdpo" else trainer
@@ -261,7 +344,7 @@ def _method(name: str, values: Any, preference: StageSettings) -> MethodConfig:
             f"`{where}.{next(iter(values))}`: a method of kind {kind!r} takes no training settings (only kinds "
             f"{', '.join(PREFERENCE_KINDS)} do; the shared SFT stage is set in `sft:`)."
         )
-    return MethodConfig(name, kind, None, options)
+    return MethodConfig(name, kind, None, options, sft_rows=sft_rows)
 
 
 def _resolve_path(value: str | None, folder: Path | None) -> str | None:
@@ -312,7 +395,9 @@ def config_from_dict(
     if not methods:
         raise ConfigError("`methods` is empty: name at least one method (e.g. `sdpo: {}`).")
     _keys(methods, set(methods), "methods")
-    config.methods = {str(name): _method(str(name), spec, config.preference) for name, spec in methods.items()}
+    config.methods = {
+        str(name): _method(str(name), spec, config.preference, config.sft) for name, spec in methods.items()
+    }
 
     _validate(config)
     config.output_dir = _resolve_path(config.output_dir, folder)
@@ -338,6 +423,9 @@ def _validate(config: ExperimentConfig) -> None:
     if config.num_candidates < 2:
         raise ConfigError(f"`num_candidates` must be at least 2, got {config.num_candidates}.")
     _check_type(config.eval_rows, (int,), "eval_rows", allow_none=True)
+    _check_type(config.generation_rows, (int,), "generation_rows", allow_none=True)
+    if config.generation_rows is not None and config.generation_rows < 1:
+        raise ConfigError(f"`generation_rows` must be at least 1 (or null), got {config.generation_rows}.")
     if config.eval_rows is not None and config.eval_rows < 1:
         raise ConfigError(f"`eval_rows` must be at least 1 (or null for the whole split), got {config.eval_rows}.")
     if not isinstance(config.seeds, list) or not config.seeds:

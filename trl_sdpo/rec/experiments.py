@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from .experiment_config import (
     ExperimentConfig,
     MethodConfig,
     StageSettings,
+    stage_steps,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,22 +69,46 @@ def run_path(output_dir: str | Path, split: str, method: str, seed: int) -> Path
     return Path(output_dir) / split / method / f"seed{seed}.json"
 
 
-def sft_checkpoint_dir(config: ExperimentConfig, seed: int) -> Path:
+def sft_checkpoint_dir(config: ExperimentConfig, seed: int, rows: int | None = None) -> Path:
     """Where the SFT model of a seed is saved (independent of the split): `<sft_checkpoints_dir or
-    output_dir/checkpoints>/seed<seed>/sft`. A study that shares another's SFT models points `sft_checkpoints_dir` at
-    that study's `checkpoints/`; the settings recorded in the folder must then equal this study's `sft:` section."""
+    output_dir/checkpoints>/seed<seed>/sft`, and a point of the learning curve (`rows` seen, `sft.curve_rows`) before
+    the end of the stage in `.../seed<seed>/sft-rows<rows>`. A study that shares another's SFT models points
+    `sft_checkpoints_dir` at that study's `checkpoints/`; the settings recorded in the folder must then equal this
+    study's `sft:` section."""
     root = Path(config.sft_checkpoints_dir) if config.sft_checkpoints_dir else Path(config.output_dir) / "checkpoints"
-    return root / f"seed{seed}" / "sft"
+    if rows is None or rows == _stage_rows(config.sft):
+        return root / f"seed{seed}" / "sft"
+    return root / f"seed{seed}" / f"sft-rows{rows}"
 
 
-def stage_steps(stage: StageSettings) -> int | None:
-    """Optimizer steps of a stage: `steps`, or the steps of `epochs` epochs over `train_rows` (None: whole split)."""
-    if stage.steps is not None:
-        return stage.steps
-    if stage.train_rows is None:
-        return None
-    per_epoch = math.ceil(stage.train_rows / (stage.batch_size * stage.gradient_accumulation_steps))
-    return math.ceil(per_epoch * stage.epochs)
+def _stage_rows(stage: StageSettings) -> int | None:
+    """Rows seen by the end of a stage (optimizer steps x effective batch); None for epochs of the whole split."""
+    steps = stage_steps(stage)
+    return None if steps is None else steps * stage.batch_size * stage.gradient_accumulation_steps
+
+
+def sft_start_rows(config: ExperimentConfig, method: MethodConfig) -> int | None:
+    """The SFT curve point a method starts from (kind sft: its `sft_rows`; the rest: `sft.start_rows`)."""
+    if method.kind == "sft" and method.sft_rows is not None:
+        return method.sft_rows
+    return config.sft.start_rows
+
+
+# Stage keys added after runs were committed, left out of recorded settings at these values (the same runs); keys
+# that do not change a result (where checkpoints go, how often) are always left out.
+_NEW_STAGE_DEFAULTS = {"curve_rows": None, "start_rows": None, "heldout_rows": 0, "eval_steps": None}
+_NOT_RESULT_STAGE_KEYS = ("save_steps",)
+
+
+def stage_record(stage: StageSettings, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A stage's settings as recorded in run JSONs and checkpoint folders (see `_NEW_STAGE_DEFAULTS`)."""
+    out = dataclasses.asdict(stage)
+    for key, default in _NEW_STAGE_DEFAULTS.items():
+        if out[key] == default:
+            out.pop(key)
+    for key in (*_NOT_RESULT_STAGE_KEYS, *drop):
+        out.pop(key, None)
+    return out
 
 
 def _steps_text(stage: StageSettings) -> str:
@@ -114,7 +138,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
                 steps += stage_steps(method.settings) or 0
             if method.kind in LM_KINDS and not (method.kind == "base" and lm_evaluations and seed != config.seeds[0]):
                 lm_evaluations += 1
-        if needs_sft and not (sft_checkpoint_dir(config, seed) / _STAGE_MARKER).exists():
+        if needs_sft and not (sft_checkpoint_dir(config, seed) / _STAGE_MARKER).exists():  # the end: every point
             sft_to_train.append(seed)
             steps += stage_steps(config.sft) or 0
     return {
@@ -158,6 +182,8 @@ def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
                 line += f", beta {s.beta}, k {1 if method.kind == 'dpo' else s.num_negatives} {s.negative_strategy}"
             if method.trainer == "trl":
                 line += ", TRL's DPOTrainer"
+        if method.sft_rows is not None:
+            line += f"the SFT curve point after {method.sft_rows} rows"
         if method.options:
             line += ", ".join(f"{key} {value}" for key, value in method.options.items())
         lines.append(line)
@@ -245,10 +271,12 @@ def _peft_config(config: ExperimentConfig):
 
 
 def training_args(config_class, config: ExperimentConfig, stage: StageSettings, seed: int, output_dir: Path, **extra):
-    """A TRL config (`SFTConfig`, `DPOConfig`, `SDPOConfig`) for one stage: no saving, a log line per step."""
+    """A TRL config (`SFTConfig`, `DPOConfig`, `SDPOConfig`) for one stage: a log line per step, the latest Trainer
+    checkpoint kept every `stage.save_steps` steps (none when unset)."""
     import torch
 
     from ..machine import FAST_OPTIMIZER, precision_kwargs
+    from .resumable import checkpoint_kwargs
 
     length = {"max_steps": stage.steps} if stage.steps is not None else {"num_train_epochs": stage.epochs}
     return config_class(
@@ -260,7 +288,6 @@ def training_args(config_class, config: ExperimentConfig, stage: StageSettings, 
         warmup_steps=stage.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers >= 5)
         max_length=config.max_length,
         logging_steps=1,
-        save_strategy="no",
         report_to="none",
         activation_checkpointing=config.activation_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -269,7 +296,7 @@ def training_args(config_class, config: ExperimentConfig, stage: StageSettings, 
         seed=seed,
         data_seed=seed,
         **length,
-        **extra,
+        **(checkpoint_kwargs(stage.save_steps) | extra),
     )
 
 
@@ -302,16 +329,24 @@ def run_settings(config: ExperimentConfig, method: MethodConfig) -> dict[str, An
         shared.pop("extra_eval_samplers")
     if shared["extra_eval_methods"] is None:
         shared.pop("extra_eval_methods")
+    if shared["generation_rows"] is None:
+        shared.pop("generation_rows")
     if method.kind not in ("sft", *PREFERENCE_KINDS):
         shared.pop("sft")
+    else:
+        # A point of the curve does not depend on which point later stages start from
+        shared["sft"] = stage_record(config.sft, drop=("start_rows",) if method.sft_rows is not None else ())
     shared.pop("preference")
     if method.kind in BASELINE_KINDS:
         lm_keys = ("model", "dtype", "bf16", "lora", "activation_checkpointing", "max_length", "generation")
         for key in (*lm_keys, "max_new_tokens", "eval_batch_size"):
             shared.pop(key)
     shared["method"] = dataclasses.asdict(method)
-    if shared["method"]["trainer"] is None:  # the default; absent from runs written before the key existed
-        shared["method"].pop("trainer")
+    if method.settings is not None:
+        shared["method"]["settings"] = stage_record(method.settings)
+    for key in ("trainer", "sft_rows"):  # None is the default; absent from runs written before the keys existed
+        if shared["method"][key] is None:
+            shared["method"].pop(key)
     return _json_safe(shared)
 
 
@@ -379,20 +414,25 @@ class _Runner:
         return build_examples(self.dataset, "train", seed=seed, max_rows=rows, **self._rows())
 
     # ---------------------------------------------------------------- SFT checkpoint
-    def sft_checkpoint(self, seed: int) -> tuple[Path, dict[str, Any]]:
-        """The seed's SFT checkpoint folder and its record (settings, log history, time); trained if missing."""
-        directory = sft_checkpoint_dir(self.config, seed)
-        settings = _json_safe({"sft": dataclasses.asdict(self.config.sft), **self._model_settings(), "seed": seed})
+    def sft_settings(self, seed: int) -> dict[str, Any]:
+        """What the SFT stage of a seed was trained with (`start_rows` only picks a point afterwards)."""
+        stage = stage_record(self.config.sft, drop=("start_rows",))
+        return _json_safe({"sft": stage, **self._model_settings(), "seed": seed})
+
+    def sft_checkpoint(self, seed: int, rows: int | None = None) -> tuple[Path, dict[str, Any]]:
+        """The seed's SFT model folder (the end of the stage, or the curve point after `rows` rows) and its record
+        (settings, log history, time, sittings); the stage is trained (or resumed) if the folder is missing."""
+        directory = sft_checkpoint_dir(self.config, seed, rows)
+        settings = self.sft_settings(seed)
         marker = directory / _STAGE_MARKER
-        if marker.is_file():
-            record = json.loads(marker.read_text())
-            if record.get("settings") != settings:
-                raise ConfigError(
-                    f"{directory} holds an SFT model trained with other settings than this study's `sft:` "
-                    "section; choose another --output_dir or delete the folder."
-                )
-            return directory, record
-        record = train_sft_checkpoint(self, seed, directory, settings)
+        if not marker.is_file():
+            train_sft_checkpoint(self, seed, sft_checkpoint_dir(self.config, seed), settings, until_rows=rows)
+        record = json.loads(marker.read_text())
+        if record.get("settings") != settings:
+            raise ConfigError(
+                f"{directory} holds an SFT model trained with other settings than this study's `sft:` "
+                "section; choose another --output_dir or delete the folder."
+            )
         return directory, record
 
     def _model_settings(self) -> dict[str, Any]:
@@ -427,7 +467,7 @@ class _Runner:
                 result = evaluate_generation(
                     model,
                     tokenizer,
-                    examples,
+                    examples[: c.generation_rows],  # the first rows only with `generation_rows`
                     batch_size=c.eval_batch_size,
                     max_new_tokens=c.max_new_tokens,
                     return_records=True,
@@ -477,9 +517,13 @@ class _Runner:
                 "base does not depend on the seed: evaluated once per split, the same result for every seed"
             )
         else:
-            directory, record = self.sft_checkpoint(seed)
+            directory, record = self.sft_checkpoint(seed, sft_start_rows(self.config, method))
             extra["sft_checkpoint"] = str(directory)
             extra["sft_train_s"] = record["train_s"]
+            if "rows_seen" in record:
+                extra["sft_rows_seen"] = record["rows_seen"]
+            if record.get("sittings"):
+                extra["sft_sittings"] = record["sittings"]
             model, tokenizer = load_checkpoint(directory, self.config)
             if method.kind == "sft":
                 log_history = record["log_history"]
@@ -587,35 +631,123 @@ def _ranking_record(ranks: list[int], row_ids: list[str]) -> dict[str, Any]:
     return {"metrics": {"generation": None, "ranking": ranking_metrics(ranks)}, "rows": rows}
 
 
-def train_sft_checkpoint(runner: _Runner, seed: int, directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Train the SFT stage of a seed from the base model and save it (merged) with its record, atomically."""
+def _save_plain(model, tokenizer, folder: Path) -> None:
+    """Save `model` without adapters (a merged copy under LoRA: training goes on with the adapter) and `tokenizer`."""
+    from peft import PeftModel
+
+    from .training import plain_model
+
+    if isinstance(model, PeftModel):
+        model = plain_model(copy.deepcopy(model))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _fresh_folder(folder: Path) -> None:
+    """A trainer folder for a run that keeps no checkpoints: a killed earlier attempt's sittings are not this run's."""
+    from .resumable import SITTINGS_FILE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SITTINGS_FILE).unlink(missing_ok=True)
+
+
+def _sitting_seconds(sittings: list[dict[str, Any]]) -> float:
+    return round(sum(s["seconds"] for s in sittings), 2)
+
+
+def train_sft_checkpoint(
+    runner: _Runner, seed: int, directory: Path, settings: dict[str, Any], until_rows: int | None = None
+) -> dict[str, Any] | None:
+    """
+    Train the SFT stage of a seed from the base model and save it (merged) with its record, atomically; with
+    `sft.curve_rows`, also each point of the learning curve on the way (`sft-rows<N>/` beside it). With
+    `sft.save_steps` the stage keeps Trainer checkpoints in `trainer-sft/` and a later call resumes from the latest;
+    then `until_rows` (a curve point) stops there, with a Trainer checkpoint, and returns `None` (not at the end yet).
+    """
     from transformers import set_seed
     from trl import SFTConfig
 
+    from ..machine import machine_info
     from .builders import build_sft_dataset
-    from .training import plain_model, train_sft
+    from .resumable import CurveCallback, SittingCallback, prepare_folder, read_sittings
+    from .training import train_sft
 
-    config = runner.config
-    logger.info(f"[experiment] SFT of seed {seed}: {stage_steps(config.sft)} steps, saved to {directory}")
-    start = time.perf_counter()
+    config, stage = runner.config, runner.config.sft
+    trainer_dir = directory.parent / "trainer-sft"
+    resume = prepare_folder(trainer_dir, settings) if stage.save_steps else _fresh_folder(trainer_dir)
+    logger.info(
+        f"[experiment] SFT of seed {seed}: {stage_steps(stage)} steps, saved to {directory}"
+        + (f", resuming from {resume}" if resume else "")
+    )
     set_seed(seed)
     model, tokenizer = load_base_model(config)
-    examples = runner.train_examples(config.sft.train_rows, seed)
+    examples = runner.train_examples(stage.train_rows, seed)
+    batch = stage.batch_size * stage.gradient_accumulation_steps
+
+    sitting = SittingCallback(trainer_dir, machine_info(), str(resume) if resume else None)
+
+    def record(state) -> dict[str, Any]:
+        sitting.record(state)
+        sittings = read_sittings(trainer_dir)
+        return {
+            "settings": settings,
+            "rows_seen": state.global_step * batch,
+            "log_history": _json_safe(state.log_history),
+            "train_s": _sitting_seconds(sittings),
+            "sittings": sittings,
+        }
+
+    stop_at = None
+    if stage.save_steps and until_rows is not None and until_rows != _stage_rows(stage):
+        stop_at = until_rows // batch
+    points = {
+        rows // batch: sft_checkpoint_dir(config, seed, rows)
+        for rows in stage.curve_rows or []
+        if sft_checkpoint_dir(config, seed, rows) != directory
+    }
+    callbacks = [
+        sitting,
+        CurveCallback(
+            points,
+            _STAGE_MARKER,
+            record,
+            lambda m, folder: _save_plain(m, tokenizer, folder),
+            stop_at=stop_at,
+        ),
+    ]
+    args = training_args(SFTConfig, config, stage, seed, trainer_dir)
+    model, metrics = train_sft(
+        model,
+        tokenizer,
+        build_sft_dataset(examples),
+        args,
+        peft_config=_peft_config(config),
+        resume_from_checkpoint=str(resume) if resume else None,
+        callbacks=callbacks,
+    )
+    if stop_at is not None and metrics["global_step"] < (stage_steps(stage) or 0):
+        return None  # stopped at a curve point; the end comes in a later call
     tmp = directory.with_name(directory.name + ".tmp")
-    args = training_args(SFTConfig, config, config.sft, seed, directory.parent / "trainer-sft")
-    model, metrics = train_sft(model, tokenizer, build_sft_dataset(examples), args, peft_config=_peft_config(config))
-    train_s = round(time.perf_counter() - start, 2)
-    model = plain_model(model)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    record = {"settings": settings, "log_history": _json_safe(metrics["log_history"]), "train_s": train_s}
-    (tmp / _STAGE_MARKER).write_text(json.dumps(record, indent=1) + "\n")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    _save_plain(model, tokenizer, tmp)
+    sittings = read_sittings(trainer_dir)
+    final = {
+        "settings": settings,
+        "rows_seen": (stage_steps(stage) or 0) * batch or len(examples),
+        "log_history": _json_safe(metrics["log_history"]),
+        "train_s": _sitting_seconds(sittings),
+        "sittings": sittings,
+    }
+    (tmp / _STAGE_MARKER).write_text(json.dumps(final, indent=1) + "\n")
     if directory.exists():  # an incomplete folder of a killed sitting (no marker)
         import shutil
 
         shutil.rmtree(directory)
     os.replace(tmp, directory)
-    return record
+    return final
 
 
 def _rows_key(method: MethodConfig, seed: int) -> tuple:

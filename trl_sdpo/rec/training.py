@@ -11,12 +11,28 @@ import copy
 from typing import Any
 
 
-def fit(trainer_class, model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None, **extra) -> tuple:
+def fit(
+    trainer_class,
+    model,
+    tokenizer,
+    train_dataset,
+    args,
+    peft_config=None,
+    eval_dataset=None,
+    resume_from_checkpoint=None,
+    **extra,
+) -> tuple:
     """
     Build `trainer_class` (a TRL trainer) on the dataset, train, and return `(trained model, metrics)`.
 
+    Args:
+        resume_from_checkpoint (`str`, *optional*): A Trainer checkpoint of this very run to continue from (weights,
+            optimizer, scheduler, RNG and data position restored by the Trainer).
+        **extra: More keyword arguments of the trainer (`ref_model`, `callbacks`).
+
     Returns:
-        `tuple`: the trainer's model (a `PeftModel` with `peft_config`) and `{"train": metrics, "log_history": [...]}`.
+        `tuple`: the trainer's model (a `PeftModel` with `peft_config`) and `{"train": metrics, "log_history": [...],
+        "global_step": last optimizer step}` (short of the run's end when a callback stopped it).
     """
     use_cache = getattr(getattr(model, "config", None), "use_cache", None)
     trainer = trainer_class(
@@ -28,25 +44,28 @@ def fit(trainer_class, model, tokenizer, train_dataset, args, peft_config=None, 
         peft_config=peft_config,
         **extra,
     )
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     # Training switches the KV cache off in the model's config (and `save_pretrained` would write that out), which
     # makes generation with the trained model, here or after reloading it, recompute the whole prefix every token.
     if use_cache is not None:
         trainer.model.config.use_cache = use_cache
-    return trainer.model, {"train": output.metrics, "log_history": trainer.state.log_history}
+    metrics = {"train": output.metrics, "log_history": trainer.state.log_history, "global_step": output.global_step}
+    return trainer.model, metrics
 
 
-def train_sft(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
+def train_sft(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None, **extra) -> tuple[Any, dict]:
     """
     Run [`~trl_sdpo.CompletionSFTTrainer`] (TRL's `SFTTrainer` with the LM head on completion positions only: the
     same loss, no logits over the prompt); returns the trained model (a `PeftModel` with `peft_config`) and metrics.
     """
     from ..sft import CompletionSFTTrainer
 
-    return fit(CompletionSFTTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset)
+    return fit(CompletionSFTTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, **extra)
 
 
-def train_sdpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
+def train_sdpo(
+    model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None, **extra
+) -> tuple[Any, dict]:
     """
     Run `SDPOTrainer` from `model` with `model` itself as the reference; returns the trained model and metrics.
 
@@ -60,7 +79,9 @@ def train_sdpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dat
     # model at all
     precomputed = args.precompute_ref_log_probs
     ref_model = reference_copy(model) if peft_config is None and not precomputed else None
-    return fit(SDPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model)
+    return fit(
+        SDPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model, **extra
+    )
 
 
 def precompute_reference(model, tokenizer, rows, args):
@@ -84,12 +105,14 @@ def precompute_reference(model, tokenizer, rows, args):
     return trainer.train_dataset
 
 
-def train_dpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None) -> tuple[Any, dict]:
+def train_dpo(model, tokenizer, train_dataset, args, peft_config=None, eval_dataset=None, **extra) -> tuple[Any, dict]:
     """TRL's own `DPOTrainer` (one `rejected` string per row), with the same reference rule as [`train_sdpo`]."""
     from trl import DPOTrainer
 
     ref_model = reference_copy(model) if peft_config is None else None
-    return fit(DPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model)
+    return fit(
+        DPOTrainer, model, tokenizer, train_dataset, args, peft_config, eval_dataset, ref_model=ref_model, **extra
+    )
 
 
 def reference_copy(model):
