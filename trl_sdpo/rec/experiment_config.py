@@ -140,6 +140,9 @@ class ExperimentConfig:
         eval_rows (`int` or `None`): A seeded sample (by `data_seed`) of the split; `None` = all of it.
         data_seed (`int`): Seeds the eval rows and their candidates: identical for every method and seed.
         seeds (`list[int]`): Training seeds (train rows, negatives, initialization, data order).
+        sft_seed (`int` or `None`): The seed of the one SFT model every training seed's preference stage starts from
+            (an SFT stage many times longer than the preference stage is then trained once); `None` = each seed its
+            own SFT model.
         generation (`bool`): Also run the paper's generation evaluation (HR@1, ValidRatio); off = `null` metrics.
         generation_rows (`int` or `None`): Generate for the first this many eval rows only (generation costs about as
             much as ranking per row and needs fewer rows for its question); `None` = every eval row.
@@ -178,6 +181,7 @@ class ExperimentConfig:
     eval_rows: int | None = 100
     data_seed: int = 0
     seeds: list[int] = field(default_factory=lambda: [0])
+    sft_seed: int | None = None
     generation: bool = True
     generation_rows: int | None = None
     extra_eval_samplers: list[str] = field(default_factory=list)
@@ -432,6 +436,7 @@ def _validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"`seeds` must be a non-empty list of integers, got {config.seeds!r}.")
     for seed in config.seeds:
         _check_type(seed, (int,), "seeds")
+    _check_type(config.sft_seed, (int,), "sft_seed", allow_none=True)
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError(f"`seeds` repeats a seed: {config.seeds}.")
     for key in ("generation", "conversational", "paraphrase", "activation_checkpointing"):

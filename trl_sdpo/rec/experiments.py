@@ -138,8 +138,13 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
                 steps += stage_steps(method.settings) or 0
             if method.kind in LM_KINDS and not (method.kind == "base" and lm_evaluations and seed != config.seeds[0]):
                 lm_evaluations += 1
-        if needs_sft and not (sft_checkpoint_dir(config, seed) / _STAGE_MARKER).exists():  # the end: every point
-            sft_to_train.append(seed)
+        sft_seed = seed if config.sft_seed is None else config.sft_seed
+        if needs_sft and sft_seed not in sft_to_train:
+            points = {
+                sft_start_rows(config, m) for m in config.methods.values() if m.kind in ("sft", *PREFERENCE_KINDS)
+            }
+            if not all((sft_checkpoint_dir(config, sft_seed, rows) / _STAGE_MARKER).exists() for rows in points):
+                sft_to_train.append(sft_seed)
             steps += stage_steps(config.sft) or 0
     return {
         "split": split,
@@ -321,15 +326,19 @@ def _timed(timings: dict[str, float | None], name: str):
     timings[name] = round((timings.get(name) or 0.0) + time.perf_counter() - since, 2)
 
 
-def run_settings(config: ExperimentConfig, method: MethodConfig) -> dict[str, Any]:
-    """The settings that decide one run's result: shared data/model/eval settings, the SFT stage if used, the method."""
+def run_settings(config: ExperimentConfig, method: MethodConfig, seed: int | None = None) -> dict[str, Any]:
+    """The settings that decide one run's result: shared data/model/eval settings, the SFT stage if used, the method.
+    `sft_seed` is recorded where it differs from the run's `seed` (where it equals it, the run is what it was before
+    the key existed)."""
     shared = {k: v for k, v in config.to_dict().items() if k not in _NOT_RESULT_KEYS}
     # Absent from runs written before the keys existed: the same settings
     if not shared["extra_eval_samplers"]:
         shared.pop("extra_eval_samplers")
     if shared["extra_eval_methods"] is None:
         shared.pop("extra_eval_methods")
-    if shared["generation_rows"] is None:
+    if shared["sft_seed"] in (None, seed) or method.kind not in ("sft", *PREFERENCE_KINDS):
+        shared.pop("sft_seed")
+    if shared["generation_rows"] is None:  # absent from runs written before the key existed
         shared.pop("generation_rows")
     if method.kind not in ("sft", *PREFERENCE_KINDS):
         shared.pop("sft")
@@ -414,6 +423,11 @@ class _Runner:
         return build_examples(self.dataset, "train", seed=seed, max_rows=rows, **self._rows())
 
     # ---------------------------------------------------------------- SFT checkpoint
+    def sft_model_id(self, seed: int) -> str:
+        """The folder of the SFT model that training seed `seed`'s preference stage starts from."""
+        sft_seed = seed if self.config.sft_seed is None else self.config.sft_seed
+        return str(sft_checkpoint_dir(self.config, sft_seed, self.config.sft.start_rows))
+
     def sft_settings(self, seed: int) -> dict[str, Any]:
         """What the SFT stage of a seed was trained with (`start_rows` only picks a point afterwards)."""
         stage = stage_record(self.config.sft, drop=("start_rows",))
@@ -517,20 +531,32 @@ class _Runner:
                 "base does not depend on the seed: evaluated once per split, the same result for every seed"
             )
         else:
-            directory, record = self.sft_checkpoint(seed, sft_start_rows(self.config, method))
+            sft_seed = seed if self.config.sft_seed is None else self.config.sft_seed
+            directory, record = self.sft_checkpoint(sft_seed, sft_start_rows(self.config, method))
             extra["sft_checkpoint"] = str(directory)
             extra["sft_train_s"] = record["train_s"]
             if "rows_seen" in record:
                 extra["sft_rows_seen"] = record["rows_seen"]
             if record.get("sittings"):
                 extra["sft_sittings"] = record["sittings"]
-            model, tokenizer = load_checkpoint(directory, self.config)
+            kept = kept_model_dir(self, method, seed)
             if method.kind == "sft":
+                model, tokenizer = load_checkpoint(directory, self.config)
                 log_history = record["log_history"]
                 timings["train"] = record["train_s"]
+            elif kept is not None and (kept / _STAGE_MARKER).is_file():
+                # Trained in an earlier call (on the other split, or under another name with the same settings)
+                model, tokenizer = load_checkpoint(kept, self.config)
+                kept_record = json.loads((kept / _STAGE_MARKER).read_text())
+                log_history, timings["train"] = kept_record["log_history"], kept_record["train_s"]
+                extra.update(kept_record["info"], trained_model=str(kept))
             else:
+                model, tokenizer = load_checkpoint(directory, self.config)
                 with _timed(timings, "train"):
-                    model, log_history, info = train_preference(self, method, seed, model, tokenizer)
+                    model, log_history, info = train_preference(self, method, seed, model, tokenizer, kept)
+                if kept is not None:
+                    timings["train"] = _sitting_seconds(info["sittings"])
+                    extra["trained_model"] = str(kept)
                 extra.update(info)
             metrics, rows = self.evaluate(model, tokenizer, timings)
             extra.update(self.evaluate_other_lists(model, tokenizer, timings, method))
@@ -567,7 +593,7 @@ class _Runner:
 
     def existing_base(self, method: MethodConfig):
         """The base result of another seed of this split with the same settings, written in an earlier sitting."""
-        settings = run_settings(self.config, method)
+        settings = run_settings(self.config, method)  # base: no SFT seed
         for path in sorted((self.output_dir / self.split / method.name).glob("seed*.json")):
             data = json.loads(path.read_text())
             if data.get("config") == settings and data["rows"]["ids"] == self.row_ids:
@@ -753,74 +779,159 @@ def train_sft_checkpoint(
 def _rows_key(method: MethodConfig, seed: int) -> tuple:
     """What decides a method's preference rows: methods with the same key train on the very same rows."""
     s = method.settings
-    return (seed, s.train_rows, s.num_negatives, s.negative_strategy)
+    return (seed, s.train_rows, s.num_negatives, s.negative_strategy, s.heldout_rows)
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(_json_safe(value), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def kept_model_dir(runner: _Runner, method: MethodConfig, seed: int) -> Path | None:
+    """
+    Where a resumable preference run (`save_steps` set) keeps its Trainer checkpoints and, at the end, its trained
+    model: `checkpoints/seed<seed>/<kind>-<digest of what decides the result>`, so the same training under another
+    method name (the chosen variant of a learning-rate sweep) or on the other split is trained once. `None` for runs
+    without `save_steps` (trained again by every call).
+    """
+    if method.kind not in PREFERENCE_KINDS or method.settings.save_steps is None:
+        return None
+    return (
+        runner.output_dir / "checkpoints" / f"seed{seed}" / f"{method.kind}-{_digest(kept_key(runner, method, seed))}"
+    )
+
+
+def kept_key(runner: _Runner, method: MethodConfig, seed: int) -> dict[str, Any]:
+    """What decides a preference run's trained model: its settings without the method's name, the SFT model, seed."""
+    key = run_settings(runner.config, method) | {"sft_model": runner.sft_model_id(seed), "seed": seed}
+    key["method"].pop("name")
+    return key
 
 
 def preference_rows(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer):
-    """The preference examples and S-DPO rows of a method; cached so that dpo and sdpo train on the same rows."""
+    """
+    The preference examples and S-DPO rows of a method, and the held-out S-DPO rows drawn with them (disjoint, from
+    the train split; `None` without `heldout_rows`); cached so that dpo and sdpo train on the same rows.
+    """
     from .builders import build_preference_dataset
 
     s = method.settings
     key = _rows_key(method, seed)
     if key not in runner._preference_cache:
-        examples = runner.train_examples(s.train_rows, seed + PREFERENCE_SEED_OFFSET)
-        hard = s.negative_strategy == "model"  # only model negatives need the SFT model to score candidates
-        rows = build_preference_dataset(
-            examples,
-            num_negatives=s.num_negatives,
-            strategy=s.negative_strategy,
-            seed=seed,
-            dataset=runner.dataset,
-            model=model if hard else None,
-            tokenizer=tokenizer if hard else None,
+        drawn = None if s.train_rows is None else s.train_rows + s.heldout_rows
+        examples = runner.train_examples(drawn, seed + PREFERENCE_SEED_OFFSET)
+        if s.heldout_rows and len(examples) <= s.heldout_rows:
+            raise ConfigError(f"`heldout_rows` ({s.heldout_rows}) leaves no training rows of {len(examples)} drawn.")
+        examples, heldout = (
+            (examples[: -s.heldout_rows], examples[-s.heldout_rows :]) if s.heldout_rows else (examples, [])
         )
-        runner._preference_cache[key] = (examples, rows)
+        hard = s.negative_strategy == "model"  # only model negatives need the SFT model to score candidates
+
+        def build(chosen):
+            return build_preference_dataset(
+                chosen,
+                num_negatives=s.num_negatives,
+                strategy=s.negative_strategy,
+                seed=seed,
+                dataset=runner.dataset,
+                model=model if hard else None,
+                tokenizer=tokenizer if hard else None,
+            )
+
+        runner._preference_cache[key] = (examples, build(examples), build(heldout) if heldout else None)
     return runner._preference_cache[key]
 
 
-def reference_rows(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer, rows):
+def reference_rows(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer, rows, part: str = "train"):
     """
     The S-DPO rows tokenized, with the SFT model's reference log-probs of every completion as columns: computed once
     per seed and rows, before any method of the seed trains, and shared by sdpo and dpo (which reads the first
-    negative's). Saves the reference forward of every training step, and the reference model's memory.
+    negative's). Saves the reference forward of every training step, and the reference model's memory. A resumable
+    run (`save_steps`) keeps them on disk beside its checkpoints, so a later sitting does not compute them again.
     """
+    from datasets import load_from_disk
+
     from ..config import SDPOConfig
     from .training import precompute_reference
 
     s = method.settings
-    key = _rows_key(method, seed)
+    key = (*_rows_key(method, seed), part)
     if key not in runner._reference_cache:
-        out = runner.output_dir / "checkpoints" / f"seed{seed}" / "trainer-reference"
-        args = training_args(SDPOConfig, runner.config, s, seed, out, precompute_ref_log_probs=True)
-        runner._reference_cache[key] = precompute_reference(model, tokenizer, rows, args)
+        seed_dir = runner.output_dir / "checkpoints" / f"seed{seed}"
+        args = training_args(
+            SDPOConfig, runner.config, s, seed, seed_dir / "trainer-reference", precompute_ref_log_probs=True
+        )
+        stored = None
+        if s.save_steps is not None:
+            what = {"rows": key, "sft": runner.sft_model_id(seed), "max_length": runner.config.max_length}
+            what["precision"] = precision_name(runner.bf16)
+            stored = seed_dir / f"reference-{part}-{_digest(what)}"
+        if stored is not None and (stored / "dataset_info.json").is_file():
+            runner._reference_cache[key] = load_from_disk(str(stored))
+        else:
+            prepared = precompute_reference(model, tokenizer, rows, args)
+            if stored is not None:
+                prepared.save_to_disk(str(stored.with_name(stored.name + ".tmp")))
+                if stored.exists():
+                    import shutil
+
+                    shutil.rmtree(stored)
+                os.replace(stored.with_name(stored.name + ".tmp"), stored)
+            runner._reference_cache[key] = prepared
     return runner._reference_cache[key]
 
 
-def train_preference(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer):
-    """Train sft-continued, dpo or sdpo from the SFT model; returns (plain model, log history, info for the JSON)."""
+def train_preference(runner: _Runner, method: MethodConfig, seed: int, model, tokenizer, kept: Path | None = None):
+    """
+    Train sft-continued, dpo or sdpo from the SFT model; returns (plain model, log history, info for the JSON).
+
+    With `heldout_rows`, the implicit rewards of the held-out rows are logged every `eval_steps` (in the training
+    precision) and measured once more at the end in fp32 (`info["heldout"]`, with per-row values). With `kept` (a
+    resumable run: `save_steps`), Trainer checkpoints go there, a killed sitting resumes from the latest, and the
+    trained model is saved there at the end with its log, info and sittings.
+    """
     from transformers import set_seed
     from trl import DPOConfig, SFTConfig
 
     from ..config import SDPOConfig
+    from ..machine import machine_info
     from .builders import build_sft_dataset
+    from .heldout import HeldoutRewardsCallback
+    from .resumable import SittingCallback, prepare_folder, read_sittings
     from .training import plain_model, train_dpo, train_sdpo, train_sft
 
     config, s = runner.config, method.settings
-    examples, rows = preference_rows(runner, method, seed, model, tokenizer)
-    out = runner.output_dir / "checkpoints" / f"seed{seed}" / f"trainer-{method.name}"
+    examples, rows, heldout = preference_rows(runner, method, seed, model, tokenizer)
+    out = kept or runner.output_dir / "checkpoints" / f"seed{seed}" / f"trainer-{method.name}"
+    resume = prepare_folder(out, kept_key(runner, method, seed)) if kept else None
+    callbacks = [SittingCallback(out, machine_info(), str(resume) if resume else None)] if kept else []
+    heldout_callback = None
+    if heldout is not None:
+        heldout_callback = HeldoutRewardsCallback(
+            reference_rows(runner, method, seed, model, tokenizer, heldout, part="heldout"),
+            beta=s.beta,
+            pad_token_id=tokenizer.pad_token_id,
+            max_length=config.max_length,
+            batch_size=config.eval_batch_size,
+            bf16=runner.bf16,
+            every=s.eval_steps,
+        )
+        callbacks.append(heldout_callback)
+    fit_kwargs = {"callbacks": callbacks, "resume_from_checkpoint": str(resume) if resume else None}
     peft = _peft_config(config)
     set_seed(seed)
     info = {"train_rows": len(examples)}
     if method.kind == "sft-continued":
         args = training_args(SFTConfig, config, s, seed, out)
-        model, metrics = train_sft(model, tokenizer, build_sft_dataset(examples), args, peft_config=peft)
+        model, metrics = train_sft(model, tokenizer, build_sft_dataset(examples), args, peft_config=peft, **fit_kwargs)
     elif method.kind == "dpo" and method.trainer == "trl":
         # The cross-check: TRL's own trainer on pairs, with a reference forward at every step
         pairs = rows.map(lambda row: {"rejected": row["rejected"][0]})
         info["dpo_negative"] = f"first of the {s.num_negatives} {s.negative_strategy} negatives of each S-DPO row"
         info["trainer"] = "trl.DPOTrainer (pairs, reference forward every step)"
         args = training_args(DPOConfig, config, s, seed, out, beta=s.beta, loss_type=["sigmoid"])
-        model, metrics = train_dpo(model, tokenizer, pairs, args, peft_config=peft)
+        model, metrics = train_dpo(model, tokenizer, pairs, args, peft_config=peft, **fit_kwargs)
     else:
         prepared = reference_rows(runner, method, seed, model, tokenizer, rows)
         # dpo: k=1 on the same rows, the first negative of each S-DPO row and its reference column. Equal to TRL's
@@ -832,8 +943,34 @@ def train_preference(runner: _Runner, method: MethodConfig, seed: int, model, to
         args = training_args(
             SDPOConfig, config, s, seed, out, beta=s.beta, num_negatives=k, precompute_ref_log_probs=True
         )
-        model, metrics = train_sdpo(model, tokenizer, prepared, args, peft_config=peft)
-    return plain_model(model), metrics["log_history"], info
+        model, metrics = train_sdpo(model, tokenizer, prepared, args, peft_config=peft, **fit_kwargs)
+    model = plain_model(model)
+    if heldout_callback is not None:
+        # The verdict's number: fp32, whatever the training precision (bf16 rounds summed log-probs by ~0.2 nats)
+        heldout_callback.kwargs["bf16"] = False
+        final = heldout_callback.evaluate(model, metrics["global_step"])
+        info["heldout"] = {"precision": "fp32", "beta": s.beta, "rows_drawn_beside_training": s.heldout_rows, **final}
+    log_history = _json_safe(metrics["log_history"])
+    if kept is not None:
+        info["sittings"] = read_sittings(out)
+        tmp = kept / "model.tmp"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        _save_plain(model, tokenizer, tmp)
+        record = {"log_history": log_history, "train_s": _sitting_seconds(info["sittings"]), "info": info}
+        (tmp / _STAGE_MARKER).write_text(json.dumps(_json_safe(record), indent=1) + "\n")
+        # The kept model replaces the Trainer checkpoints (1.6 GB each with the optimizer state)
+        for stale in kept.glob("checkpoint-*"):
+            import shutil
+
+            shutil.rmtree(stale)
+        # The marker last: a folder without it is not a finished model
+        for item in sorted(tmp.iterdir(), key=lambda path: path.name == _STAGE_MARKER):
+            os.replace(item, kept / item.name)
+        tmp.rmdir()
+    return model, log_history, info
 
 
 def run_experiment(
@@ -862,7 +999,7 @@ def run_experiment(
         for name, method in config.methods.items():
             path = run_path(config.output_dir, split, name, seed)
             if path.exists():
-                _check_existing(path, run_settings(config, method))
+                _check_existing(path, run_settings(config, method, seed))
                 logger.info(f"[experiment] {split} {name} seed {seed}: {path} exists, skipped")
                 result["skipped"].append((name, seed))
             else:
@@ -887,7 +1024,7 @@ def run_experiment(
                     "kind": method.kind,
                     "seed": seed,
                     "split": split,
-                    "config": run_settings(config, method),
+                    "config": run_settings(config, method, seed),
                     # What ran (config `bf16: auto` resolves per machine); baselines use no LM
                     "precision": None if method.kind in BASELINE_KINDS else precision_name(runner.bf16),
                     **outcome,
