@@ -144,8 +144,8 @@ def worker(args) -> dict:
     from trl_sdpo.machine import FAST_OPTIMIZER
     from trl_sdpo.rec.builders import build_preference_dataset, build_sft_dataset
     from trl_sdpo.rec.evaluate import evaluate_generation
-    from trl_sdpo.rec.experiments import default_tokenizer
     from trl_sdpo.rec.ranking import evaluate_ranking
+    from trl_sdpo.rec.study.models import default_tokenizer
     from trl_sdpo.rec.training import precompute_reference, reference_copy
 
     case = args.case

@@ -1,4 +1,4 @@
-"""The study runner (`trl_sdpo.rec.experiments`, `trl-sdpo experiment`): config validation, presets, and a whole
+"""The study runner (`trl_sdpo.rec.study`, `trl-sdpo experiment`): config validation, presets, and a whole
 study on a tiny in-process model (one JSON per run, paired rows, skipping, crashes, one SFT per seed)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from tiny import make_model, make_tokenizer
 
 from trl_sdpo.cli import main
-from trl_sdpo.rec import experiments
-from trl_sdpo.rec.experiment_config import ConfigError, config_from_dict, deep_merge, load_experiment_config
+from trl_sdpo.rec.study import models, records, runner, stages
+from trl_sdpo.rec.study.config import ConfigError, MethodConfig, config_from_dict, deep_merge, load_experiment_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS_YAML = ROOT / "examples" / "configs" / "movielens.yaml"
@@ -121,16 +121,16 @@ def tiny_study(tmp_path, monkeypatch):
     """A study of every LM method and the baselines on a tiny random Llama; counts the SFT trainings."""
     tokenizer = make_tokenizer()
     monkeypatch.setattr(
-        experiments, "load_base_model", lambda config: (make_model("llama", tokenizer=tokenizer), tokenizer)
+        models, "load_base_model", lambda config: (make_model("llama", tokenizer=tokenizer), tokenizer)
     )
     calls = []
-    train_sft_checkpoint = experiments.train_sft_checkpoint
+    train_sft_checkpoint = stages.train_sft_checkpoint
 
     def counted(runner, seed, *args, **kwargs):
         calls.append(seed)
         return train_sft_checkpoint(runner, seed, *args, **kwargs)
 
-    monkeypatch.setattr(experiments, "train_sft_checkpoint", counted)
+    monkeypatch.setattr(stages, "train_sft_checkpoint", counted)
     monkeypatch.setitem(sys.modules, "trl_sdpo.rec.sasrec", None)  # the extra is "not installed": skipped
     raw = {
         "study": "tiny",
@@ -150,7 +150,7 @@ def tiny_study(tmp_path, monkeypatch):
 @needs_recbole
 def test_study_runs_every_method_and_seed_and_resumes(tiny_study, monkeypatch):
     config, sft_calls = tiny_study
-    result = experiments.run_experiment(config, "valid", show_progress=False)
+    result = runner.run_experiment(config, "valid", show_progress=False)
     assert sorted(sft_calls) == [0, 1]  # one SFT per seed, shared by sft, sft-continued, dpo, sdpo
     assert result["unavailable"] == [("sasrec", 0), ("sasrec", 1)]
     out = Path(config.output_dir)
@@ -198,7 +198,7 @@ def test_study_runs_every_method_and_seed_and_resumes(tiny_study, monkeypatch):
     assert runs[("sft", "seed0")]["log_history"] and runs[("sft-continued", "seed0")]["log_history"]
 
     # A second sitting skips every finished run and trains nothing.
-    again = experiments.run_experiment(config, "valid", show_progress=False)
+    again = runner.run_experiment(config, "valid", show_progress=False)
     assert again["written"] == [] and len(again["skipped"]) == 14 and sorted(sft_calls) == [0, 1]
 
     # A run that crashes leaves no JSON (and no temporary file); the others stay.
@@ -207,9 +207,9 @@ def test_study_runs_every_method_and_seed_and_resumes(tiny_study, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("killed mid-run")
 
-    monkeypatch.setattr(experiments, "train_preference", crash)
+    monkeypatch.setattr(stages, "train_preference", crash)
     with pytest.raises(RuntimeError, match="killed mid-run"):
-        experiments.run_experiment(config, "valid", show_progress=False)
+        runner.run_experiment(config, "valid", show_progress=False)
     assert not (out / "valid" / "sdpo" / "seed1.json").exists() and not list(out.rglob("*.tmp"))
     assert (out / "valid" / "dpo" / "seed1.json").exists() and sorted(sft_calls) == [0, 1]
 
@@ -217,7 +217,7 @@ def test_study_runs_every_method_and_seed_and_resumes(tiny_study, monkeypatch):
     changed = copy.deepcopy(config)
     changed.eval_rows = 4
     with pytest.raises(ConfigError, match="other settings"):
-        experiments.run_experiment(changed, "valid", show_progress=False)
+        runner.run_experiment(changed, "valid", show_progress=False)
 
 
 # ---------------------------------------------------------------------------------------- extends and shared SFT
@@ -280,12 +280,12 @@ def test_a_study_reuses_another_studys_sft_checkpoint(tiny_study):
     config = copy.deepcopy(config)
     config.seeds = [0]
     config.methods = {"sft": config.methods["sft"]}
-    experiments.run_experiment(config, "valid", show_progress=False)
+    runner.run_experiment(config, "valid", show_progress=False)
     assert sft_calls == [0]
     sweep = copy.deepcopy(config)
     sweep.output_dir = str(Path(config.output_dir).parent / "sweep")
     sweep.sft_checkpoints_dir = str(Path(config.output_dir) / "checkpoints")
-    experiments.run_experiment(sweep, "valid", show_progress=False)
+    runner.run_experiment(sweep, "valid", show_progress=False)
     assert sft_calls == [0]  # not trained again
     first = json.loads((Path(config.output_dir) / "valid" / "sft" / "seed0.json").read_text())
     second = json.loads((Path(sweep.output_dir) / "valid" / "sft" / "seed0.json").read_text())
@@ -295,7 +295,7 @@ def test_a_study_reuses_another_studys_sft_checkpoint(tiny_study):
     other.output_dir = str(Path(config.output_dir).parent / "other")
     other.sft.learning_rate = 1.0
     with pytest.raises(ConfigError, match="other settings than this study's `sft:`"):
-        experiments.run_experiment(other, "valid", show_progress=False)
+        runner.run_experiment(other, "valid", show_progress=False)
 
 
 def _run_with_compat_lists(tiny_study, methods, baseline, only=None):
@@ -306,8 +306,8 @@ def _run_with_compat_lists(tiny_study, methods, baseline, only=None):
     config.extra_eval_samplers = ["sdpo-compat"]
     config.extra_eval_methods = only
     config.methods = {name: config.methods[name] for name in methods}
-    config.methods[baseline] = experiments.MethodConfig(baseline, baseline)
-    experiments.run_experiment(config, "valid", show_progress=False)
+    config.methods[baseline] = MethodConfig(baseline, baseline)
+    runner.run_experiment(config, "valid", show_progress=False)
     return config
 
 
@@ -326,11 +326,11 @@ def test_other_lists_evaluate_the_same_models_on_the_same_rows(tiny_study):
     # The compat lists are the reference pipeline's (seeded by the target), not the study's own lists.
     from trl_sdpo.rec.builders import build_examples
 
-    runner = experiments._Runner(config, "valid", show_progress=False)
-    runner.load_data()
-    compat = build_examples(runner.dataset, "valid", num_candidates=5, sampler="sdpo-compat", seed=0, max_rows=3)
-    assert [e.candidate_ids for e in runner.other_examples["sdpo-compat"]] == [e.candidate_ids for e in compat]
-    assert [e.candidate_ids for e in runner.eval_examples] != [e.candidate_ids for e in compat]
+    study_runner = runner.Runner(config, "valid", show_progress=False)
+    study_runner.load_data()
+    compat = build_examples(study_runner.dataset, "valid", num_candidates=5, sampler="sdpo-compat", seed=0, max_rows=3)
+    assert [e.candidate_ids for e in study_runner.other_examples["sdpo-compat"]] == [e.candidate_ids for e in compat]
+    assert [e.candidate_ids for e in study_runner.eval_examples] != [e.candidate_ids for e in compat]
     assert {r["method"] for r in runs_on_other_lists(runs, "sdpo-compat")} == {
         f"{m}@sdpo-compat" for m in ("base", "sdpo", "random", "memorizer")
     }
@@ -338,7 +338,7 @@ def test_other_lists_evaluate_the_same_models_on_the_same_rows(tiny_study):
     # Runs written without the key (before it existed) keep matching a study that does not set it.
     plain = copy.deepcopy(config)
     plain.extra_eval_samplers = []
-    assert "extra_eval_samplers" not in experiments.run_settings(plain, plain.methods["sdpo"])
+    assert "extra_eval_samplers" not in records.run_settings(plain, plain.methods["sdpo"])
 
 
 @needs_recbole
@@ -353,7 +353,7 @@ def test_extra_eval_methods_limits_the_other_lists_to_the_named_methods(tiny_stu
     assert runs["sdpo"]["config"]["extra_eval_methods"] == ["sdpo", "random"]
     # Unset (every method), the key stays out of the settings, so earlier runs keep matching.
     config.extra_eval_methods = None
-    assert "extra_eval_methods" not in experiments.run_settings(config, config.methods["sdpo"])
+    assert "extra_eval_methods" not in records.run_settings(config, config.methods["sdpo"])
 
 
 @needs_recbole
@@ -365,7 +365,7 @@ def test_sasrec_trains_once_for_every_list_and_splits_the_ranks_back(tiny_study,
     config, _ = tiny_study
     config = copy.deepcopy(config)
     config.extra_eval_samplers = ["sdpo-compat"]
-    config.methods = {"sasrec": experiments.MethodConfig("sasrec", "sasrec")}
+    config.methods = {"sasrec": MethodConfig("sasrec", "sasrec")}
     trainings = []
 
     def fake_sasrec_ranks(dataset, examples, seed=0, **options):
@@ -374,13 +374,13 @@ def test_sasrec_trains_once_for_every_list_and_splits_the_ranks_back(tiny_study,
 
     fake = types.SimpleNamespace(require_replay=lambda: None, sasrec_ranks=fake_sasrec_ranks)
     monkeypatch.setitem(sys.modules, "trl_sdpo.rec.sasrec", fake)
-    experiments.run_experiment(config, "valid", show_progress=False)
+    runner.run_experiment(config, "valid", show_progress=False)
     assert trainings == [(0, 6), (1, 6)]  # one training per seed for the 3 rows of both lists
 
-    runner = experiments._Runner(config, "valid", show_progress=False)
-    runner.load_data()
+    study_runner = runner.Runner(config, "valid", show_progress=False)
+    study_runner.load_data()
     lists = {
-        sampler: build_examples(runner.dataset, "valid", num_candidates=5, sampler=sampler, seed=0, max_rows=3)
+        sampler: build_examples(study_runner.dataset, "valid", num_candidates=5, sampler=sampler, seed=0, max_rows=3)
         for sampler in ("default", "sdpo-compat")
     }
     expected = {k: [1 + list(e.candidate_ids).index(e.row.target) for e in v] for k, v in lists.items()}
@@ -403,12 +403,12 @@ def test_dpo_through_sdpo_trainer_equals_trl_dpo_with_the_reference_computed_onc
     config.methods = {
         "dpo": dpo,
         "sdpo": config.methods["sdpo"],
-        "dpo-trl": experiments.MethodConfig("dpo-trl", "dpo", copy.deepcopy(dpo.settings), trainer="trl"),
+        "dpo-trl": MethodConfig("dpo-trl", "dpo", copy.deepcopy(dpo.settings), trainer="trl"),
     }
     calls = []
     precompute = training.precompute_reference
     monkeypatch.setattr(training, "precompute_reference", lambda *args: calls.append(1) or precompute(*args))
-    experiments.run_experiment(config, "valid", show_progress=False)
+    runner.run_experiment(config, "valid", show_progress=False)
     runs = {p.parent.name: json.loads(p.read_text()) for p in Path(config.output_dir).glob("valid/*/seed0.json")}
     assert calls == [1]  # one reference pass for the seed, read by dpo and sdpo
     assert runs["dpo"]["trainer"].startswith("trl_sdpo.SDPOTrainer (k=1") and "method" in runs["dpo"]["config"]

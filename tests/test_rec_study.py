@@ -17,8 +17,8 @@ from trl_sdpo.rec.study import (
     row_values,
     summary_table,
 )
-from trl_sdpo.rec.study_claims import claim_check, describe_claims
-from trl_sdpo.rec.study_report import results_markdown
+from trl_sdpo.rec.study.claims import claim_check, describe_claims
+from trl_sdpo.rec.study.report import results_markdown
 
 MACHINE = {
     "cpu_model": "Test CPU 9000",
@@ -212,38 +212,79 @@ def test_mixed_presets_in_one_method_are_refused(tmp_path):
         load_study(tmp_path)
 
 
-def _claim_study(root: Path, seeds=(0, 1, 2), valid_ratio_sft: int = 40):
+def _heldout(accuracy: float, margin: float, rows: int = 50) -> dict:
+    """Held-out reward statistics as the runner writes them: `accuracy` of the rows have all pairs right."""
+    wins = [1.0 if i < accuracy * rows else 0.0 for i in range(rows)]
+    return {"accuracy": accuracy, "margin": margin, "rows": rows, "row_accuracy": wins, "row_margins": [margin] * rows}
+
+
+def _claim_study(root: Path, seeds=(0, 1, 2), valid_ratio_sft: int = 40, dpo_hits=20, heldout=(0.8, 1.0)):
     n = 40
     for s in seeds:
         # HR@1 hits: sdpo 30 + s, dpo 20, sft-continued 10 - s, popular 5 (of 40 rows); ranks 1 or 7.
-        for method, hits in (("sdpo", 30 + s), ("dpo", 20), ("sft-continued", 10 - s), ("sft", 10), ("popular", 5)):
+        hits_of = (("sdpo", 30 + s), ("dpo", dpo_hits), ("sft-continued", 10 - s), ("sft", 10), ("popular", 5))
+        for method, hits in hits_of:
             ranks = [1 if i < hits else 7 for i in range(n)]
             gen = None if method == "popular" else [0] * n
             valid = [1] * n if method != "sft" else [int(i < valid_ratio_sft) for i in range(n)]
-            write_run(root, "test", method, s, ranks, hits=gen, valid=valid if gen else None)
+            extra = {"heldout": _heldout(*heldout)} if method in ("dpo", "sdpo") and heldout else {}
+            write_run(root, "test", method, s, ranks, hits=gen, valid=valid if gen else None, **extra)
 
 
 def test_claim_check_holds_for_a_clear_ordering(tmp_path):
     _claim_study(tmp_path)
     parts = claim_check(load_study(tmp_path), "test", n_boot=2000)
     assert [p.holds for p in parts] == [True] * len(parts)
-    assert len(parts) == 4 + 4 + 2
+    assert len(parts) == 1 + 4 + 4 + 2  # the precondition (the stage moved the model), then the claim's parts
+    assert parts[0].verdict == "met"
     assert describe_claims(parts).startswith("The claim holds in every part.")
 
 
-def test_claim_check_states_failures_and_missing_runs(tmp_path):
-    # One seed: no seed-sigma, so no ordering can pass its 2-sigma rule; SFT's ValidRatio 0.9 < 0.95.
-    _claim_study(tmp_path, seeds=(0,), valid_ratio_sft=36)
+def test_claim_check_states_failures_untested_parts_and_missing_runs(tmp_path):
+    # One seed: no seed-sigma, so no ordering passes its 2-sigma rule: "not tested", not "does not hold". DPO equal
+    # to SFT-continued on every row: the interval [0, 0] excludes an advantage of 0.02, "does not hold".
+    _claim_study(tmp_path, seeds=(0,), valid_ratio_sft=36, dpo_hits=10)
     for path in (tmp_path / "test" / "popular").iterdir():
         path.unlink()
     parts = {p.name: p for p in claim_check(load_study(tmp_path), "test", n_boot=500)}
-    assert parts["sdpo > dpo on ranking/hr@1"].holds is False
+    assert parts["sdpo > dpo on ranking/hr@1"].holds is None
+    assert "2 seed-sigma" in parts["sdpo > dpo on ranking/hr@1"].verdict
+    assert parts["dpo > sft-continued on ranking/hr@1"].holds is False
     assert parts["ValidRatio of sft >= 0.95"].holds is False
     assert "0.9000" in parts["ValidRatio of sft >= 0.95"].evidence
     assert parts["ValidRatio of dpo >= 0.95"].holds is True
     assert parts["sdpo > popular on ranking/hr@1"].holds is None
     text = describe_claims(list(parts.values()))
-    assert "not checked (runs missing)" in text and "The claim does not hold" in text
+    assert "not tested (runs missing)" in text and "The claim does not hold" in text
+
+
+@pytest.mark.parametrize(
+    "heldout, log_margin, moved",
+    [
+        ((0.5, 1.0), None, False),  # held-out accuracy at chance
+        ((0.9, 0.1), None, False),  # right order, but a margin under MIN_MARGIN
+        (None, 0.1, False),  # no held-out rows; even the training rows barely moved
+        (None, 2.0, True),  # no held-out rows; the training rows moved (held-out unknown)
+    ],
+)
+def test_claim_check_is_not_tested_when_the_preference_stage_did_not_move_the_model(
+    tmp_path, heldout, log_margin, moved
+):
+    _claim_study(tmp_path, heldout=heldout)
+    if log_margin is not None:
+        for path in [*(tmp_path / "test" / "dpo").iterdir(), *(tmp_path / "test" / "sdpo").iterdir()]:
+            run = json.loads(path.read_text())
+            run["log_history"] = [{"step": i, "rewards/margins": log_margin} for i in range(1, 9)]
+            path.write_text(json.dumps(run))
+    parts = claim_check(load_study(tmp_path), "test", n_boot=500)
+    assert parts[0].holds is moved
+    text = describe_claims(parts)
+    if moved:
+        assert text.startswith("The claim holds in every part.")
+    else:
+        # The clear ordering of the synthetic runs is not read as evidence either way
+        assert text.startswith("Not tested: the preference stage did not move the model")
+        assert all(p.holds is None for p in parts[1:5]) and "did not move" in parts[1].verdict
 
 
 def test_results_markdown_lists_every_run_and_the_command_writes_it(tmp_path):
@@ -264,7 +305,7 @@ def test_results_markdown_lists_every_run_and_the_command_writes_it(tmp_path):
 def test_plots_draw_from_run_jsons(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
-    from trl_sdpo.rec.study_plots import plot_metrics, plot_training_curves, plot_wall_time
+    from trl_sdpo.rec.study.plots import plot_metrics, plot_training_curves, plot_wall_time
 
     for s in (0, 1):
         for method in ("dpo", "sdpo"):
@@ -328,7 +369,7 @@ def _sweep_study(root: Path):
 
 
 def test_sweep_tables_take_the_runs_that_differ_in_one_setting(tmp_path):
-    from trl_sdpo.rec.study_sweep import sweep_methods, sweep_table
+    from trl_sdpo.rec.study.sweep import sweep_methods, sweep_table
 
     _sweep_study(tmp_path)
     runs = load_study(tmp_path)
@@ -343,7 +384,7 @@ def test_sweep_tables_take_the_runs_that_differ_in_one_setting(tmp_path):
 
 
 def test_describe_sweep_finds_where_the_curve_stops_improving(tmp_path):
-    from trl_sdpo.rec.study_sweep import describe_sweep, sweep_comparisons
+    from trl_sdpo.rec.study.sweep import describe_sweep, sweep_comparisons
 
     _sweep_study(tmp_path)
     runs = load_study(tmp_path)

@@ -1,9 +1,9 @@
-"""Choosing a variant per kind on valid (`trl_sdpo.rec.study_selection`)."""
+"""Choosing a variant per kind on valid (`trl_sdpo.rec.study.selection`)."""
 
 from test_rec_study import write_run
 
 from trl_sdpo.rec.study import load_study
-from trl_sdpo.rec.study_selection import select_variants
+from trl_sdpo.rec.study.selection import select_variants
 
 
 def _config(lr):

@@ -111,8 +111,8 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
     Returns `None` when the folder or its test runs are absent (an installed wheel has no `examples/`).
     """
     from ..rec.study import load_study, summary_table
-    from ..rec.study_claims import claim_check, describe_claims
-    from ..rec.study_report import summary_markdown
+    from ..rec.study.claims import claim_check, describe_claims
+    from ..rec.study.report import summary_markdown
 
     try:
         runs = [run for run in load_study(directory) if run["split"] == "test"]

@@ -76,8 +76,8 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def run(command: str, argv: list[str]) -> int:
     (args,) = make_experiment_parser().parse_args_into_dataclasses(argv)
-    from ..rec.experiment_config import load_experiment_config, select
-    from ..rec.experiments import describe_plan, run_experiment
+    from ..rec.study.config import load_experiment_config, select
+    from ..rec.study.runner import describe_plan, run_experiment
 
     config = load_experiment_config(args.config, preset=args.preset)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
@@ -90,7 +90,7 @@ def run(command: str, argv: list[str]) -> int:
     if args.dry_run:
         return 0
     setup_logging()
-    logging.getLogger("trl_sdpo.rec.experiments").setLevel(logging.INFO)
+    logging.getLogger("trl_sdpo.rec.study").setLevel(logging.INFO)
     result = run_experiment(config, split)
     print(
         f"\n{split}: {len(result['written'])} runs written, {len(result['skipped'])} skipped (JSON existed), "

@@ -29,7 +29,7 @@ def make_results_parser() -> argparse.ArgumentParser:
 
 
 def run(command: str, argv: list[str]) -> int:
-    from ..rec.study_report import results_markdown
+    from ..rec.study.report import results_markdown
 
     args = make_results_parser().parse_args(argv)
     text = results_markdown(*args.study_dirs, n_boot=args.n_boot, seed=args.seed)

@@ -1,55 +1,23 @@
 """
-Choosing settings on the validation split: a rule fixed in the study file before any run, applied to the run JSONs.
-
-The MovieLens study runs each preference method (`sft-continued`, `dpo`, `sdpo`) at its default settings and as named
-variants (e.g. `sdpo-lr1e-4`, `kind: sdpo`) on `valid`; each kind then keeps the variant with the best mean of one
-metric, and only that setting is run on `test`. A tie keeps the default (the method named after its kind).
+Deprecated import path (0.3.0): `trl_sdpo.rec.study_selection` moved to `trl_sdpo.rec.study.selection`; this module forwards every name there and
+is removed in 0.4.0.
 """
 
-from __future__ import annotations
+import warnings
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from .study import selection as _selection
 
-from .study import summary_table
+warnings.warn(
+    "`trl_sdpo.rec.study_selection` is deprecated and will be removed in 0.4.0; import from trl_sdpo.rec.study.selection instead.",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
-PREFERENCE_KINDS = ("sft-continued", "dpo", "sdpo")
+_MODULES = (_selection,)
 
 
-def select_variants(
-    runs: Iterable[dict[str, Any]],
-    split: str = "valid",
-    metric: str = "ranking/ndcg@5",
-    kinds: Sequence[str] = PREFERENCE_KINDS,
-) -> dict[str, dict[str, Any]]:
-    """
-    For each kind, the method with the highest mean `metric` over seeds on `split`.
-
-    Args:
-        runs (`Iterable[dict]`): Runs from [`~trl_sdpo.rec.study.load_study`].
-        split (`str`, *optional*, defaults to `"valid"`): Where settings are chosen.
-        metric (`str`, *optional*, defaults to `"ranking/ndcg@5"`): A key of `SUMMARY_METRICS`.
-        kinds (`Sequence[str]`, *optional*): The kinds to choose for.
-
-    Returns:
-        `dict` kind -> `{"method": chosen method, "value": its mean, "candidates": {method: mean}, "learning_rate":
-        the chosen method's learning rate (from its run's config) or None}`; kinds without runs on `split` are left out.
-    """
-    runs = list(runs)
-    table = summary_table(runs, split)
-    chosen: dict[str, dict[str, Any]] = {}
-    for kind in kinds:
-        entries = [entry for entry in table if entry["kind"] == kind]
-        if not entries:
-            continue
-        # the highest mean; among equal means the default setting (the method named after its kind) wins
-        best = max(entries, key=lambda entry: (entry[metric][0], entry["method"] == kind))
-        run = next(r for r in runs if r["split"] == split and r["method"] == best["method"])
-        settings = (run["config"].get("method") or {}).get("settings") or {}
-        chosen[kind] = {
-            "method": best["method"],
-            "value": best[metric][0],
-            "candidates": {entry["method"]: entry[metric][0] for entry in entries},
-            "learning_rate": settings.get("learning_rate"),
-        }
-    return chosen
+def __getattr__(name: str):
+    for module in _MODULES:
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,9 +2,9 @@
 Analysis of an experiment study: load the run JSONs, aggregate over seeds, paired bootstrap, and the claim check.
 
 A study folder holds one JSON per (split, method, seed) at `<dir>/<split>/<method>/seed<seed>.json` (schema 1, written
-by `trl_sdpo.rec.experiments`). Every method of a split is evaluated on the same rows, so methods are compared row by
+by `trl_sdpo.rec.study.runner`). Every method of a split is evaluated on the same rows, so methods are compared row by
 row: per-row values come from `rows.target_rank` and `rows.generation_hit`, never from the aggregate metrics alone.
-Pure Python and numpy; the plots (`trl_sdpo.rec.study_plots`) import matplotlib on use.
+Pure Python and numpy; the plots (`trl_sdpo.rec.study.plots`) import matplotlib on use.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def _check_run(run: dict[str, Any], path: Path) -> None:
         raise ValueError(f"{path}: 'rows.ids' has duplicates.")
     for key in ("target_rank", "generation_hit", "generation_valid"):
         values = rows.get(key)
-        if values is not None and len(values) != n:
+        # Generation may cover the first rows only (a study's `generation_rows`)
+        if values is not None and (len(values) > n if key.startswith("generation") else len(values) != n):
             raise ValueError(f"{path}: 'rows.{key}' has {len(values)} entries for {n} row ids.")
     if any(not isinstance(r, int) or r < 1 for r in rows["target_rank"]):
         raise ValueError(f"{path}: 'rows.target_rank' must hold 1-based integer ranks.")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..collator import DataCollatorForMultiNegativePreference
-from ..logprobs import completion_logps
+from ...collator import DataCollatorForMultiNegativePreference
+from ...logprobs import completion_logps
 
 # Fixed before the study ran (issue 17): below this mean held-out margin (nats, beta 1) a stage "did not move" the
 # model, whatever its accuracy; issue 16 measured bf16 rounding of summed log-probs at up to ~0.2 nats per completion.
