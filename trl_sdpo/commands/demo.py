@@ -131,7 +131,8 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
             f"The full experiment ({REPRODUCTION_NOTEBOOK}) is not finished: {len(missing)} of its test runs are still "
             f"missing (e.g. {missing[0][0]} seed {missing[0][1]}); see docs/results.md for what has run."
         )
-    # The verdict's first line ("The claim holds" / "does not hold: n of m parts fail"), so the table is not read alone
+    # The verdict's first line ("The claim holds" / "does not hold" / "Not tested: the preference stage did not move
+    # the model"), so the table is not read alone
     verdict = describe_claims(claim_check(runs, "test")).splitlines()[0]
     return (
         f"The full experiment ({REPRODUCTION_NOTEBOOK}; preset {runs[0]['preset']!r}, test split, "

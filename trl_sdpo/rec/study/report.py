@@ -205,6 +205,33 @@ def sweep_markdown(runs: list[dict[str, Any]], split: str, n_boot: int = 10000, 
 NOTES_FILE = "NOTES.md"
 
 
+def curve_markdown(runs: list[dict[str, Any]], split: str, n_boot: int = 10000, seed: int = 0) -> list[str]:
+    """Lines of the SFT learning curve of a split (methods of kind sft with `sft_rows`) and the rule's pick so far."""
+    from .curve import curve_points, pick_sft_point
+
+    points = curve_points(runs, split)
+    if not points:
+        return []
+    # The planned points are recorded in every curve run's settings
+    first = next(r for r in runs if r["split"] == split and r["method"] == points[0][1])
+    planned = ((first["config"].get("sft") or {}).get("curve_rows")) or [rows for rows, _ in points]
+    table = {entry["method"]: entry for entry in summary_table(runs, split)}
+    rows = [
+        [
+            rows_seen,
+            method,
+            format_mean_std(table[method]["ranking/ndcg@5"]),
+            format_mean_std(table[method]["ranking/hr@1"]),
+            format_mean_std(table[method]["generation/valid_ratio"]),
+        ]
+        for rows_seen, method in points
+    ]
+    pick = pick_sft_point(runs, planned=planned, split=split, n_boot=n_boot, seed=seed)
+    out = ["", f"SFT learning curve on `{split}` (points planned: {planned}):", ""]
+    out.append(markdown_table(["rows seen", "method", "NDCG@5", "HR@1 (ranking)", "ValidRatio"], rows))
+    return out + ["", pick.describe()]
+
+
 def study_markdown(directory: str | Path, n_boot: int = 10000, seed: int = 0) -> str:
     """The section of `docs/results.md` for one study folder (see [`results_markdown`]), with its `NOTES.md` if any."""
     runs = load_study(directory)
@@ -238,6 +265,7 @@ def study_markdown(directory: str | Path, n_boot: int = 10000, seed: int = 0) ->
                 describe_claims(claim_check(runs, split, n_boot=n_boot, seed=seed)),
             ]
         out += sweeps
+        out += curve_markdown(runs, split, n_boot=n_boot, seed=seed)
         for sampler in other_list_samplers(runs):
             others = runs_on_other_lists(runs, sampler)
             out += [
