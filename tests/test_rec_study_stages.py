@@ -235,6 +235,7 @@ def test_preference_runs_keep_their_model_and_log_heldout_rewards(tmp_path, tiny
         tmp_path,
         seeds=[0, 1],
         sft_seed=0,
+        test_eval_rows=4,
         sft={"start_rows": 4},
         preference={"save_steps": 1, "eval_steps": 1},
         methods={
@@ -267,3 +268,45 @@ def test_preference_runs_keep_their_model_and_log_heldout_rewards(tmp_path, tiny
     assert before == after
     test_run = json.loads((out / "test/sdpo/seed0.json").read_text())
     assert test_run["heldout"] == runs[("sdpo", 0)]["heldout"]
+    assert len(test_run["rows"]["ids"]) == 4 and test_run["config"]["eval_rows"] == 4  # `test_eval_rows`
+    assert "test_eval_rows" not in test_run["config"] and runs[("sdpo", 0)]["config"]["eval_rows"] == 3
+
+
+def test_start_rows_auto_applies_the_curve_rule_or_says_which_point_is_next(tmp_path):
+    raw = _raw(tmp_path, sft={"start_rows": "auto"}, methods={"sft": {}, "sft-4": {"kind": "sft", "sft_rows": 4}})
+    config = config_from_dict(raw)
+    out = Path(config.output_dir)
+    _curve_run(out, "sft-4", 4, [1 if i < 10 else 9 for i in range(40)])
+    with pytest.raises(ConfigError, match="after 8 rows first"):
+        runner.resolve_start(config)
+    assert runner.resolve_start(config, required=False)[0].sft.start_rows == "auto"  # the plan can still be shown
+    _curve_run(out, "sft-8", 8, [1 if i < 10 else 9 for i in range(40)])  # no better: the rule picks 4
+    resolved, pick = runner.resolve_start(config)
+    assert resolved.sft.start_rows == 4 and pick.decided and config.sft.start_rows == "auto"
+
+
+@pytest.mark.parametrize(
+    "old, name, new",
+    [
+        ("experiments", "run_experiment", "runner"),
+        ("experiments", "train_sft_checkpoint", "stages"),
+        ("experiments", "default_tokenizer", "models"),
+        ("experiments", "run_settings", "records"),
+        ("experiment_config", "load_experiment_config", "config"),
+        ("study_claims", "claim_check", "claims"),
+        ("study_selection", "select_variants", "selection"),
+        ("study_sweep", "sweep_table", "sweep"),
+        ("study_report", "results_markdown", "report"),
+        ("study_plots", "plot_metrics", "plots"),
+    ],
+)
+def test_old_import_paths_forward_with_a_deprecation_warning(old, name, new):
+    import importlib
+    import sys
+
+    sys.modules.pop(f"trl_sdpo.rec.{old}", None)
+    with pytest.warns(DeprecationWarning, match=f"trl_sdpo.rec.{old}` is deprecated"):
+        module = importlib.import_module(f"trl_sdpo.rec.{old}")
+    assert getattr(module, name) is getattr(importlib.import_module(f"trl_sdpo.rec.study.{new}"), name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        module.no_such_name  # noqa: B018

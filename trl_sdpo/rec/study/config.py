@@ -140,6 +140,8 @@ class ExperimentConfig:
         max_length (`int`): Longest tokenized training row.
         eval_split (`str`): `valid` (choosing settings) or `test` (final numbers); the command's `--split` wins.
         eval_rows (`int` or `None`): A seeded sample (by `data_seed`) of the split; `None` = all of it.
+        test_eval_rows (`int` or `None`): Eval rows on `test` when it needs more than `valid` (the number the paired
+            intervals of the valid runs call for), drawn by `data_seed` like them; `None` = `eval_rows`.
         data_seed (`int`): Seeds the eval rows and their candidates: identical for every method and seed.
         seeds (`list[int]`): Training seeds (train rows, negatives, initialization, data order).
         sft_seed (`int` or `None`): The seed of the one SFT model every training seed's preference stage starts from
@@ -181,6 +183,7 @@ class ExperimentConfig:
     max_length: int = 512
     eval_split: str = "valid"
     eval_rows: int | None = 100
+    test_eval_rows: int | None = None
     data_seed: int = 0
     seeds: list[int] = field(default_factory=lambda: [0])
     sft_seed: int | None = None
@@ -433,6 +436,9 @@ def _validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"`num_candidates` must be at least 2, got {config.num_candidates}.")
     _check_type(config.eval_rows, (int,), "eval_rows", allow_none=True)
     _check_type(config.generation_rows, (int,), "generation_rows", allow_none=True)
+    _check_type(config.test_eval_rows, (int,), "test_eval_rows", allow_none=True)
+    if config.test_eval_rows is not None and config.test_eval_rows < 1:
+        raise ConfigError(f"`test_eval_rows` must be at least 1 (or null), got {config.test_eval_rows}.")
     if config.generation_rows is not None and config.generation_rows < 1:
         raise ConfigError(f"`generation_rows` must be at least 1 (or null), got {config.generation_rows}.")
     if config.eval_rows is not None and config.eval_rows < 1:
@@ -541,6 +547,17 @@ def _extended(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[s
     if isinstance(inherited.get("model"), str) and inherited["model"].startswith((".", "~")):
         inherited["model"] = _resolve_path(inherited["model"], base_path.parent)
     return deep_merge(inherited, {k: v for k, v in raw.items() if k != "extends"})
+
+
+def for_split(config: ExperimentConfig, split: str) -> ExperimentConfig:
+    """`config` as it runs on `split`: `test_eval_rows` becomes `eval_rows` on test and is dropped (recorded once)."""
+    if config.test_eval_rows is None:
+        return config
+    config = copy.deepcopy(config)
+    if split == "test":
+        config.eval_rows = config.test_eval_rows
+    config.test_eval_rows = None
+    return config
 
 
 def select(config: ExperimentConfig, methods: list[str] | None = None, seeds: list[int] | None = None):

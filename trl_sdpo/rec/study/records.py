@@ -129,8 +129,9 @@ def run_settings(config: ExperimentConfig, method: MethodConfig, seed: int | Non
         shared.pop("extra_eval_methods")
     if shared["sft_seed"] in (None, seed) or method.kind not in ("sft", *PREFERENCE_KINDS):
         shared.pop("sft_seed")
-    if shared["generation_rows"] is None:  # absent from runs written before the key existed
-        shared.pop("generation_rows")
+    for key in ("generation_rows", "test_eval_rows"):  # None: absent from runs written before the keys existed
+        if shared[key] is None:
+            shared.pop(key)
     if method.kind not in ("sft", *PREFERENCE_KINDS):
         shared.pop("sft")
     else:

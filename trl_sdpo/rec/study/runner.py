@@ -31,6 +31,7 @@ from .config import (
     ExperimentConfig,
     MethodConfig,
     StageSettings,
+    for_split,
     stage_steps,
 )
 from .records import (
@@ -99,7 +100,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
     the optimizer steps and the rows to evaluate.
     """
     split = split or config.eval_split
-    config, _ = resolve_start(config, required=False)
+    config, _ = resolve_start(for_split(config, split), required=False)
     todo, done, sft_to_train = [], [], []
     steps = 0
     lm_evaluations = 0
@@ -138,6 +139,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
 
 def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
     """The plan as text (`trl-sdpo experiment --dry-run`)."""
+    config = for_split(config, split or config.eval_split)
     p = plan(config, split)
     lines = [
         f"study {config.study!r}, preset {config.preset!r}, split {p['split']}, output {config.output_dir}",
@@ -480,6 +482,7 @@ def run_experiment(
     split = split or config.eval_split
     if split not in ("valid", "test"):
         raise ConfigError(f"`split` is {split!r}; expected valid or test.")
+    config = for_split(config, split)
     config, pick = resolve_start(config)
     if pick is not None and pick.decided:
         logger.info(f"[experiment] {pick.describe()}")

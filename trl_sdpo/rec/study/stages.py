@@ -171,10 +171,26 @@ def kept_model_dir(runner: Runner, method: MethodConfig, seed: int) -> Path | No
     )
 
 
+# Settings of the evaluation only: the same trained model serves every value of them (valid and test rows)
+_EVAL_ONLY_KEYS = (
+    "eval_rows",
+    "generation_rows",
+    "generation",
+    "max_new_tokens",
+    "eval_batch_size",
+    "data_seed",
+    "extra_eval_samplers",
+    "extra_eval_methods",
+)
+
+
 def kept_key(runner: Runner, method: MethodConfig, seed: int) -> dict[str, Any]:
-    """What decides a preference run's trained model: its settings without the method's name, the SFT model, seed."""
+    """What decides a preference run's trained model: its settings without the method's name and the evaluation's,
+    the SFT model, the seed."""
     key = run_settings(runner.config, method) | {"sft_model": runner.sft_model_id(seed), "seed": seed}
     key["method"].pop("name")
+    for name in _EVAL_ONLY_KEYS:
+        key.pop(name, None)
     return key
 
 
