@@ -238,8 +238,24 @@ def test_demo_prints_the_committed_experiment_table_only_when_test_runs_exist(tm
     for seed in (1, 2):
         write_run(tmp_path, "test", "dpo", seed, [1, 2, 3, 4], preset="cpu")
     summary = reproduction_summary(tmp_path)
+    # No training log, no held-out rows, 4 rows: nothing can be decided
+    assert "Claim check (S-DPO > DPO > SFT-continued" in summary
+    assert "Not tested: no part of the claim could be decided by these runs." in summary
+    # Preference stages whose training margins stayed tiny: the verdict says the claim was not tested, not refuted
+    small = [{"step": step, "rewards/margins": 0.05} for step in (1, 2, 3, 4)]
+    for seed in (0, 1, 2):
+        write_run(tmp_path, "test", "dpo", seed, [1, 2, 3, 4], preset="cpu", log_history=small)
+        write_run(
+            tmp_path,
+            "test",
+            "sdpo",
+            seed,
+            [[1, 2, 3, 4], [1, 1, 3, 4], [2, 2, 2, 2]][seed],
+            preset="cpu",
+            log_history=small,
+        )
+    summary = reproduction_summary(tmp_path)
     assert "preset 'cpu', test split, 4 rows" in summary and "seeds [0, 1, 2]" in summary
     # ranking HR@1 per seed 1/4, 2/4, 0/4: mean 0.25, sample std 0.25
     assert "| sdpo | 3 |" in summary and "0.2500 ± 0.2500" in summary
-    # The verdict is printed with the table: with only sdpo and dpo run, the other parts are "not run", so it fails.
-    assert "Claim check (S-DPO > DPO > SFT-continued" in summary and "The claim does not hold" in summary
+    assert "Not tested: the preference stage did not move the model" in summary and "does not hold" not in summary

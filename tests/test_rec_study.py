@@ -319,6 +319,15 @@ def test_plots_draw_from_run_jsons(tmp_path):
     curves = figures[1].axes[0].lines
     # rewards/chosen of dpo: mean over seeds 0 and 1 of 0.1k + s = 0.1k + 0.5.
     np.testing.assert_allclose(curves[0].get_ydata(), [0.6, 0.7])
+    # The SFT curve: HR@1 against rows seen (1 of 2 rows, then 2 of 2)
+    from trl_sdpo.rec.study.plots import plot_sft_curve
+
+    for rows, ranks in ((4, [1, 3]), (8, [1, 1])):
+        write_run(tmp_path, "valid", f"sft-{rows}", 0, ranks, kind="sft", config={"method": {"sft_rows": rows}})
+    figures.append(plot_sft_curve(load_study(tmp_path), "valid", metrics=("ranking/hr@1",)))
+    line = figures[-1].axes[0].lines[0]
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), dtype=float), [4, 8])
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), [0.5, 1.0])
     import matplotlib.pyplot as plt
 
     for figure in figures:

@@ -175,3 +175,41 @@ def plot_sweep(
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_sft_curve(
+    runs: Iterable[dict[str, Any]], split: str = "valid", metrics: Sequence[str] = ("ranking/ndcg@5", "ranking/hr@1")
+):
+    """
+    The SFT learning curve: each metric against the rows seen (log scale), with the 95% interval of its mean over
+    the eval rows (normal, from the per-row values), one panel per metric.
+
+    Args:
+        runs (`Iterable[dict]`): Runs from [`~trl_sdpo.rec.study.load_study`] with curve points (kind sft, `sft_rows`).
+        split (`str`, *optional*, defaults to `"valid"`): The split.
+        metrics (`Sequence[str]`, *optional*): Keys of `ROW_METRICS`.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    from .analysis import row_values
+    from .curve import curve_points
+
+    plt = _pyplot()
+    runs = list(runs)
+    points = curve_points(runs, split)
+    by_method = {r["method"]: r for r in runs if r["split"] == split}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        xs, means, half = [], [], []
+        for rows, method in points:
+            values = row_values(by_method[method], metric)
+            xs.append(rows)
+            means.append(values.mean())
+            half.append(1.96 * values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0)
+        ax.errorbar(xs, means, yerr=half, marker="o", capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("SFT rows seen")
+        ax.set_title(f"{HEADERS.get(metric, metric)} ({split})")
+    fig.tight_layout()
+    return fig
