@@ -71,6 +71,14 @@ def prepare_folder(folder: str | Path, settings: dict[str, Any]) -> Path | None:
     return last_checkpoint(folder)
 
 
+def fresh_folder(folder: str | Path) -> None:
+    """Make `folder` the trainer folder of a run that keeps no checkpoints (returns `None`: nothing to resume): the
+    sittings of a killed earlier attempt, which started over, are not this run's."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SITTINGS_FILE).unlink(missing_ok=True)
+
+
 def read_sittings(folder: str | Path) -> list[dict[str, Any]]:
     """The sittings recorded in a trainer folder (an empty list when none)."""
     path = Path(folder) / SITTINGS_FILE

@@ -48,14 +48,6 @@ logger = logging.getLogger(__name__)
 PREFERENCE_SEED_OFFSET = 1_000_003
 
 
-def fresh_folder(folder: Path) -> None:
-    """A trainer folder for a run that keeps no checkpoints: a killed earlier attempt's sittings are not this run's."""
-    from .resumable import SITTINGS_FILE
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / SITTINGS_FILE).unlink(missing_ok=True)
-
-
 def train_sft_checkpoint(
     runner: Runner, seed: int, directory: Path, settings: dict[str, Any], until_rows: int | None = None
 ) -> dict[str, Any] | None:
@@ -71,7 +63,7 @@ def train_sft_checkpoint(
     from ...machine import machine_info
     from ..builders import build_sft_dataset
     from ..training import train_sft
-    from .resumable import CurveCallback, SittingCallback, prepare_folder, read_sittings
+    from .resumable import CurveCallback, SittingCallback, fresh_folder, prepare_folder, read_sittings
 
     config, stage = runner.config, runner.config.sft
     trainer_dir = directory.parent / "trainer-sft"
