@@ -229,7 +229,8 @@ def curve_markdown(runs: list[dict[str, Any]], split: str, n_boot: int = 10000, 
     pick = pick_sft_point(runs, planned=planned, split=split, n_boot=n_boot, seed=seed)
     out = ["", f"SFT learning curve on `{split}` (points planned: {planned}):", ""]
     out.append(markdown_table(["rows seen", "method", "NDCG@5", "HR@1 (ranking)", "ValidRatio"], rows))
-    return out + ["", pick.describe()]
+    head, *steps = pick.describe().splitlines()
+    return out + ["", head, ""] + [f"- {step}" for step in steps]
 
 
 def study_markdown(directory: str | Path, n_boot: int = 10000, seed: int = 0) -> str:
