@@ -8,7 +8,7 @@ A comparison can only refute the claim if it could have shown it (issue 17). Two
 decides ran:
 - The preference stage must have moved the model: for dpo and sdpo, held-out pairwise reward accuracy (rows pooled
   over seeds) with a 95% interval above 0.5 and a mean held-out margin of at least `heldout.MIN_MARGIN` nats
-  (`trl_sdpo.rec.heldout.moved`). Runs without held-out rows are judged on their training log: a final margin under
+  (`movement` below). Runs without held-out rows are judged on their training log: a final margin under
   `MIN_MARGIN` on the very rows trained on means the stage did not move the model. Otherwise every ordering part is
   "not tested".
 - An ordering part "does not hold" only when its paired interval excludes an advantage of `effect` (0.02: the size

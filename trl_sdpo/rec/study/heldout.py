@@ -113,23 +113,6 @@ def interval(values, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def moved(stats: dict[str, Any], min_margin: float = MIN_MARGIN) -> tuple[bool, str]:
-    """
-    The rule (fixed before the study ran) for "the preference stage moved the model", on one run's final held-out
-    statistics: the 95% interval of the pairwise reward accuracy above 0.5 and the mean margin at least `min_margin`.
-
-    Returns:
-        `(moved, evidence)`.
-    """
-    low, high = interval(stats["row_accuracy"])
-    ok = low > 0.5 and stats["margin"] >= min_margin
-    evidence = (
-        f"held-out accuracy {stats['accuracy']:.3f} [{low:.3f}, {high:.3f}], margin {stats['margin']:+.3f} over "
-        f"{stats['rows']} rows"
-    )
-    return ok, evidence
-
-
 class HeldoutRewardsCallback(TrainerCallback):
     """
     Evaluate the implicit rewards of held-out rows every `every` optimizer steps and at the end of training, and add
