@@ -24,3 +24,14 @@ def test_each_kind_keeps_its_best_variant_and_a_tie_keeps_the_default(tmp_path):
     assert chosen["sdpo"]["candidates"] == {"sdpo": 0.5, "sdpo-lr1e-4": 0.75}
     assert chosen["dpo"]["method"] == "dpo" and chosen["dpo"]["learning_rate"] == 1e-5
     assert "sft-continued" not in chosen
+
+
+def test_a_tie_between_variants_keeps_the_lower_learning_rate(tmp_path):
+    # the study preset's rule: no default on valid, so a tie between variants goes to the lower rate
+    for method, lr in (("dpo-lr1e-4", 1e-4), ("dpo-lr1e-5", 1e-5), ("dpo-lr3e-5", 3e-5)):
+        write_run(tmp_path, "valid", method, 0, [3], kind="dpo", config=_config(lr))  # all 0.5
+    write_run(tmp_path, "valid", "sdpo-lr1e-4", 0, [1], kind="sdpo", config=_config(1e-4))  # 1.0: the best wins
+    write_run(tmp_path, "valid", "sdpo-lr1e-5", 0, [3], kind="sdpo", config=_config(1e-5))
+    chosen = select_variants(load_study(tmp_path))
+    assert chosen["dpo"]["method"] == "dpo-lr1e-5" and chosen["dpo"]["learning_rate"] == 1e-5
+    assert chosen["sdpo"]["method"] == "sdpo-lr1e-4"

@@ -3,11 +3,13 @@ Choosing settings on the validation split: a rule fixed in the study file before
 
 The MovieLens study runs each preference method (`sft-continued`, `dpo`, `sdpo`) at its default settings and as named
 variants (e.g. `sdpo-lr1e-4`, `kind: sdpo`) on `valid`; each kind then keeps the variant with the best mean of one
-metric, and only that setting is run on `test`. A tie keeps the default (the method named after its kind).
+metric, and only that setting is run on `test`. A tie keeps the default (the method named after its kind); among
+variants alone (the `study` preset runs no default on valid), a tie keeps the lower learning rate.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,19 +39,29 @@ def select_variants(
     """
     runs = list(runs)
     table = summary_table(runs, split)
+    rates = {run["method"]: _learning_rate(run) for run in runs if run["split"] == split}
     chosen: dict[str, dict[str, Any]] = {}
     for kind in kinds:
         entries = [entry for entry in table if entry["kind"] == kind]
         if not entries:
             continue
-        # the highest mean; among equal means the default setting (the method named after its kind) wins
-        best = max(entries, key=lambda entry: (entry[metric][0], entry["method"] == kind))
-        run = next(r for r in runs if r["split"] == split and r["method"] == best["method"])
-        settings = (run["config"].get("method") or {}).get("settings") or {}
+        # the highest mean; among equal means the default setting (the method named after its kind) wins, then the
+        # lower learning rate (a variant without one counts as the highest)
+        best = max(entries, key=lambda entry, kind=kind: _rank(entry, metric, kind, rates))
         chosen[kind] = {
             "method": best["method"],
             "value": best[metric][0],
             "candidates": {entry["method"]: entry[metric][0] for entry in entries},
-            "learning_rate": settings.get("learning_rate"),
+            "learning_rate": rates.get(best["method"]),
         }
     return chosen
+
+
+def _rank(entry: dict[str, Any], metric: str, kind: str, rates: dict[str, float | None]) -> tuple[float, bool, float]:
+    rate = rates.get(entry["method"])
+    return entry[metric][0], entry["method"] == kind, -rate if rate is not None else -math.inf
+
+
+def _learning_rate(run: dict[str, Any]) -> float | None:
+    """The learning rate a run's method set (its `settings`), or None when it kept the stage's."""
+    return ((run["config"].get("method") or {}).get("settings") or {}).get("learning_rate")
