@@ -35,3 +35,18 @@ def test_a_tie_between_variants_keeps_the_lower_learning_rate(tmp_path):
     chosen = select_variants(load_study(tmp_path))
     assert chosen["dpo"]["method"] == "dpo-lr1e-5" and chosen["dpo"]["learning_rate"] == 1e-5
     assert chosen["sdpo"]["method"] == "sdpo-lr1e-4"
+
+
+def test_results_markdown_shows_the_choice_with_held_out_rewards(tmp_path):
+    from trl_sdpo.rec.study.report import results_markdown
+
+    heldout = {"accuracy": 0.75, "margin": 0.5, "row_accuracy": [1.0, 0.5], "row_margins": [1.0, 0.0]}
+    write_run(tmp_path, "valid", "sdpo-lr1e-4", 0, [1], kind="sdpo", config=_config(1e-4), heldout=heldout)
+    write_run(tmp_path, "valid", "sdpo-lr1e-5", 0, [3], kind="sdpo", config=_config(1e-5))
+    write_run(tmp_path, "valid", "dpo-lr1e-5", 0, [3], kind="dpo", config=_config(1e-5))  # one variant: no choice
+    text = results_markdown(tmp_path, n_boot=10)
+    assert "Settings chosen on `valid`" in text
+    lines = [line for line in text.splitlines() if line.startswith("| sdpo |")]
+    assert lines[0].split(" | ")[1:8] == ["sdpo-lr1e-4 (chosen)", "0.0001", "1", "1.0000", "1.0000", "0.750", "+0.500"]
+    assert lines[1].split(" | ")[1:8] == ["sdpo-lr1e-5", "1e-05", "1", "0.5000", "0.0000", "-", "-"]
+    assert not any(line.startswith("| dpo |") for line in text.splitlines())

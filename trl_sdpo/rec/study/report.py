@@ -19,12 +19,14 @@ from .analysis import (
     compare_methods,
     group_runs,
     load_study,
+    mean_std,
     other_list_samplers,
     runs_on_other_lists,
     splits,
     summary_table,
 )
 from .claims import claim_check, describe_claims
+from .selection import select_variants
 from .sweep import SWEEP_METRICS, SWEEP_PARAMETERS, describe_sweep, sweep_comparisons, sweep_table
 
 HEADERS = {
@@ -205,6 +207,52 @@ def sweep_markdown(runs: list[dict[str, Any]], split: str, n_boot: int = 10000, 
 NOTES_FILE = "NOTES.md"
 
 
+def _heldout_cell(group: list[dict[str, Any]], key: str) -> str:
+    values = [run["heldout"][key] for run in group if run.get("heldout")]
+    if len(values) < len(group) or not values:
+        return "-"
+    return f"{sum(values) / len(values):+.3f}" if key == "margin" else f"{sum(values) / len(values):.3f}"
+
+
+def selection_markdown(runs: list[dict[str, Any]], split: str) -> list[str]:
+    """
+    Lines of the choice of settings on a split (`trl_sdpo.rec.study.selection`): per preference kind with two or more
+    variants, each variant's learning rate, ranking metrics, held-out rewards (fp32, at the end) and the one chosen.
+    """
+    chosen = {kind: c for kind, c in select_variants(runs, split).items() if len(c["candidates"]) > 1}
+    if not chosen:
+        return []
+    table = {entry["method"]: entry for entry in summary_table(runs, split)}
+    groups = group_runs(runs)
+    rows = []
+    for kind, choice in chosen.items():
+        for method in choice["candidates"]:
+            group = groups[(split, method)]
+            rate = ((group[0]["config"].get("method") or {}).get("settings") or {}).get("learning_rate")
+            rows.append(
+                [
+                    kind,
+                    method + (" (chosen)" if method == choice["method"] else ""),
+                    "stage default" if rate is None else f"{rate:g}",
+                    len(group),
+                    format_mean_std(table[method]["ranking/ndcg@5"]),
+                    format_mean_std(table[method]["ranking/hr@1"]),
+                    _heldout_cell(group, "accuracy"),
+                    _heldout_cell(group, "margin"),
+                    format_mean_std(mean_std([run["timings_s"].get("train") for run in group]), digits=0),
+                ]
+            )
+    header = ["kind", "method", "learning rate", "seeds", "NDCG@5", "HR@1", "held-out acc.", "held-out margin"]
+    return [
+        "",
+        f"Settings chosen on `{split}` (per kind, the highest mean ranking NDCG@5; a tie keeps the default, then the "
+        "lower learning rate). Held-out: implicit-reward accuracy over (chosen, negative) pairs (chance 0.5) and "
+        "margin in nats on preference rows not trained on, fp32, after training:",
+        "",
+        markdown_table([*header, "train time (s)"], rows),
+    ]
+
+
 def curve_markdown(runs: list[dict[str, Any]], split: str, n_boot: int = 10000, seed: int = 0) -> list[str]:
     """Lines of the SFT learning curve of a split (methods of kind sft with `sft_rows`) and the rule's pick so far."""
     from .curve import curve_points, pick_sft_point
@@ -267,6 +315,7 @@ def study_markdown(directory: str | Path, n_boot: int = 10000, seed: int = 0) ->
             ]
         out += sweeps
         out += curve_markdown(runs, split, n_boot=n_boot, seed=seed)
+        out += selection_markdown(runs, split)
         for sampler in other_list_samplers(runs):
             others = runs_on_other_lists(runs, sampler)
             out += [
