@@ -50,3 +50,15 @@ def test_results_markdown_shows_the_choice_with_held_out_rewards(tmp_path):
     assert lines[0].split(" | ")[1:8] == ["sdpo-lr1e-4 (chosen)", "0.0001", "1", "1.0000", "1.0000", "0.750", "+0.500"]
     assert lines[1].split(" | ")[1:8] == ["sdpo-lr1e-5", "1e-05", "1", "0.5000", "0.0000", "-", "-"]
     assert not any(line.startswith("| dpo |") for line in text.splitlines())
+
+
+def test_no_choice_is_shown_on_test_or_for_a_sweep_at_one_learning_rate(tmp_path):
+    from trl_sdpo.rec.study.report import selection_markdown
+
+    for split in ("valid", "test"):
+        write_run(tmp_path, split, "sdpo", 0, [1], config=_config(1e-5))
+        write_run(tmp_path, split, "sdpo-k7", 0, [3], kind="sdpo", config=_config(1e-5))  # a k sweep
+    runs = load_study(tmp_path)
+    assert selection_markdown(runs, "valid") == [] and selection_markdown(runs, "test") == []
+    write_run(tmp_path, "test", "sdpo-lr1e-4", 0, [1], kind="sdpo", config=_config(1e-4))
+    assert selection_markdown(load_study(tmp_path), "test") == []

@@ -26,7 +26,7 @@ from .analysis import (
     summary_table,
 )
 from .claims import claim_check, describe_claims
-from .selection import select_variants
+from .selection import learning_rate_of, select_variants
 from .sweep import SWEEP_METRICS, SWEEP_PARAMETERS, describe_sweep, sweep_comparisons, sweep_table
 
 HEADERS = {
@@ -218,17 +218,25 @@ def selection_markdown(runs: list[dict[str, Any]], split: str) -> list[str]:
     """
     Lines of the choice of settings on a split (`trl_sdpo.rec.study.selection`): per preference kind with two or more
     variants, each variant's learning rate, ranking metrics, held-out rewards (fp32, at the end) and the one chosen.
+    Empty for `test` (nothing is chosen there) and for kinds whose variants share one learning rate (a k or beta
+    sweep: `sweep_markdown` shows those).
     """
-    chosen = {kind: c for kind, c in select_variants(runs, split).items() if len(c["candidates"]) > 1}
+    if split == "test":
+        return []
+    groups = group_runs(runs)
+    chosen = {
+        kind: c
+        for kind, c in select_variants(runs, split).items()
+        if len({learning_rate_of(groups[(split, method)][0]) for method in c["candidates"]}) > 1
+    }
     if not chosen:
         return []
     table = {entry["method"]: entry for entry in summary_table(runs, split)}
-    groups = group_runs(runs)
     rows = []
     for kind, choice in chosen.items():
         for method in choice["candidates"]:
             group = groups[(split, method)]
-            rate = ((group[0]["config"].get("method") or {}).get("settings") or {}).get("learning_rate")
+            rate = learning_rate_of(group[0])
             rows.append(
                 [
                     kind,

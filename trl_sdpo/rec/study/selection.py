@@ -39,7 +39,7 @@ def select_variants(
     """
     runs = list(runs)
     table = summary_table(runs, split)
-    rates = {run["method"]: _learning_rate(run) for run in runs if run["split"] == split}
+    rates = {run["method"]: learning_rate_of(run) for run in runs if run["split"] == split}
     chosen: dict[str, dict[str, Any]] = {}
     for kind in kinds:
         entries = [entry for entry in table if entry["kind"] == kind]
@@ -62,6 +62,6 @@ def _rank(entry: dict[str, Any], metric: str, kind: str, rates: dict[str, float 
     return entry[metric][0], entry["method"] == kind, -rate if rate is not None else -math.inf
 
 
-def _learning_rate(run: dict[str, Any]) -> float | None:
+def learning_rate_of(run: dict[str, Any]) -> float | None:
     """The learning rate a run's method set (its `settings`), or None when it kept the stage's."""
     return ((run["config"].get("method") or {}).get("settings") or {}).get("learning_rate")
