@@ -28,7 +28,10 @@ CONFIG, PRESET = "examples/configs/movielens.yaml", "study"
 # The order of the valid learning-rate runs: one run of each method at every rate before the next rate
 PREFERENCE = [f"{kind}-lr{lr}" for lr in ("3e-5", "1e-4", "1e-5") for kind in ("sdpo", "dpo", "sft-continued")]
 # The final table: seed 0 of every method first (its preference models were trained on valid: evaluation only)
-TEST = [("0", "base,sft,sft-continued,dpo,sdpo,random,popular"), ("1,2", "sft-continued,dpo,sdpo,random,popular")]
+TEST = [
+    ("0", "base,sft,sft-continued,dpo,sdpo,random,popular,sasrec"),
+    ("1,2", "sft-continued,dpo,sdpo,random,popular,sasrec"),
+]
 
 
 def run(output_dir: str, split: str, seeds: str, methods: str, dry_run: bool = False) -> None:
