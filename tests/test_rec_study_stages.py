@@ -261,7 +261,11 @@ def test_preference_runs_keep_their_model_and_log_heldout_rewards(tmp_path, tiny
     assert runs[("sdpo", 0)]["rows"] == runs[("sdpo-same", 0)]["rows"]
     assert runs[("sdpo", 0)]["trained_model"] != runs[("sdpo", 1)]["trained_model"]
     assert runs[("sdpo", 0)]["sittings"][0]["to_step"] == 2
-    # The other split evaluates the kept model: nothing is trained again
+    # The other split evaluates the kept model: nothing is trained again, and the plan says so
+    test_plan = runner.plan(runner_select(config, "sdpo", "dpo"), "test")
+    assert test_plan["optimizer_steps"] == 0 and test_plan["sft_to_train"] == [] and len(test_plan["todo"]) == 4
+    fresh = runner_select(config_from_dict(raw | {"seeds": [0, 1, 2]}), "sdpo")  # seed 2: not trained yet
+    assert runner.plan(fresh, "test")["optimizer_steps"] == 2  # its preference steps only (the SFT model is kept)
     before = {p: p.stat().st_mtime for p in out.glob("checkpoints/seed*/sdpo-*/model.safetensors")}
     runner.run_experiment(runner_select(config, "sdpo"), "test", show_progress=False)
     after = {p: p.stat().st_mtime for p in out.glob("checkpoints/seed*/sdpo-*/model.safetensors")}

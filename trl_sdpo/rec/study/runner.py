@@ -101,6 +101,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
     """
     split = split or config.eval_split
     config, _ = resolve_start(for_split(config, split), required=False)
+    runner = Runner(config, split, show_progress=False)  # only for where trained models are kept (no data loaded)
     todo, done, sft_to_train = [], [], []
     steps = 0
     lm_evaluations = 0
@@ -113,8 +114,9 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
                 continue
             if method.kind in ("sft", *PREFERENCE_KINDS):
                 needs_sft = True
-            if method.kind in PREFERENCE_KINDS:
-                steps += stage_steps(method.settings) or 0
+            kept = runner.config.sft.start_rows != "auto" and stages.kept_model_dir(runner, method, seed)
+            if method.kind in PREFERENCE_KINDS and not (kept and (kept / STAGE_MARKER).exists()):
+                steps += stage_steps(method.settings) or 0  # a model kept by another run is evaluated, not trained
             if method.kind in LM_KINDS and not (method.kind == "base" and lm_evaluations and seed != config.seeds[0]):
                 lm_evaluations += 1
         sft_seed = seed if config.sft_seed is None else config.sft_seed
@@ -125,7 +127,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
             points.discard("auto")  # not decided yet: run_experiment says so
             if not all((sft_checkpoint_dir(config, sft_seed, rows) / STAGE_MARKER).exists() for rows in points):
                 sft_to_train.append(sft_seed)
-            steps += stage_steps(config.sft) or 0
+                steps += stage_steps(config.sft) or 0
     return {
         "split": split,
         "todo": todo,
