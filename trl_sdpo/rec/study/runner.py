@@ -114,7 +114,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
                 continue
             if method.kind in ("sft", *PREFERENCE_KINDS):
                 needs_sft = True
-            kept = runner.config.sft.start_rows != "auto" and stages.kept_model_dir(runner, method, seed)
+            kept = config.sft.start_rows != "auto" and stages.kept_model_dir(runner, method, seed)
             if method.kind in PREFERENCE_KINDS and not (kept and (kept / STAGE_MARKER).exists()):
                 steps += stage_steps(method.settings) or 0  # a model kept by another run is evaluated, not trained
             if method.kind in LM_KINDS and not (method.kind == "base" and lm_evaluations and seed != config.seeds[0]):
