@@ -95,6 +95,21 @@ def test_preset_deep_merges_over_the_top_level(tmp_path):
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
 
 
+def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):
+    spec = importlib.util.spec_from_file_location("study_queue", ROOT / "examples/scripts/movielens_study_queue.py")
+    queue = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(queue)
+    config = load_experiment_config(MOVIELENS_YAML, preset="study")
+    assert sum("missing" in p for p in queue.test_ready(config, str(tmp_path))) == 9  # no valid runs yet
+    committed = str(ROOT / "examples/results/movielens-study")  # the study's own valid runs
+    assert queue.test_ready(config, committed) == []
+    config.methods["sdpo"].settings.learning_rate, config.test_eval_rows = 3e-5, None
+    assert queue.test_ready(config, committed) == [
+        "sdpo: valid chose sdpo-lr1e-4, the preset has learning rate 3e-05",
+        "test_eval_rows is not set (from trl_sdpo.rec.study.power.rows_needed on the valid runs)",
+    ]
+
+
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "paper"])
 def test_the_movielens_study_file_loads_at_every_preset(preset):
     config = load_experiment_config(MOVIELENS_YAML, preset=preset)

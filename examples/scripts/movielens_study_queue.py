@@ -44,7 +44,8 @@ def run(output_dir: str, split: str, seeds: str, methods: str, dry_run: bool = F
 
 def test_ready(config, output_dir: str) -> list[str]:
     """Why the test runs may not start yet (empty when they may)."""
-    valid = [run for run in load_study(output_dir) if run["split"] == "valid"] if Path(output_dir).is_dir() else []
+    has_valid = (Path(output_dir) / "valid").is_dir()  # load_study refuses a folder without runs
+    valid = [run for run in load_study(output_dir) if run["split"] == "valid"] if has_valid else []
     done = {run["method"] for run in valid}
     problems = [f"valid run {method} missing" for method in PREFERENCE if method not in done]
     for kind, choice in select_variants(valid).items():
