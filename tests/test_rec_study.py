@@ -252,6 +252,8 @@ def test_claim_check_states_failures_untested_parts_and_missing_runs(tmp_path):
     assert parts["dpo > sft-continued on ranking/hr@1"].holds is False
     assert parts["ValidRatio of sft >= 0.95"].holds is False
     assert "0.9000" in parts["ValidRatio of sft >= 0.95"].evidence
+    assert "per seed +0.5000 (n=1 seeds)" in parts["sdpo > dpo on ranking/hr@1"].evidence  # no "± nan" of one seed
+    assert "nan" not in describe_claims(list(parts.values()))
     assert parts["ValidRatio of dpo >= 0.95"].holds is True
     assert parts["sdpo > popular on ranking/hr@1"].holds is None
     text = describe_claims(list(parts.values()))

@@ -205,6 +205,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else math.nan
 
 
+def format_mean_std(pair: tuple[float, float], digits: int = 4, signed: bool = False) -> str:
+    """`"0.1234 ± 0.0100"` (`"+0.1234 ± 0.0100"` if `signed`: a difference); `"—"` for a metric the method does not
+    have; no `±` part for a single seed (its standard deviation is NaN)."""
+    mean, std = pair
+    if math.isnan(mean):
+        return "—"
+    text = f"{mean:{'+' if signed else ''}.{digits}f}"
+    return text if math.isnan(std) else f"{text} ± {std:.{digits}f}"
+
+
 def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, Any]]:
     """
     Mean and sample standard deviation over seeds of each method's metrics on one split.

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import CLAIM_METRICS, mean_std, paired_bootstrap, runs_of
+from .analysis import CLAIM_METRICS, format_mean_std, mean_std, paired_bootstrap, runs_of
 from .heldout import MIN_MARGIN, interval
 
 # The smallest advantage the study is sized to see (paired 95% intervals of about +-0.02 on the test rows)
@@ -120,7 +120,7 @@ def _ordering_part(runs, split, a, b, metric, n_boot, seed, moved: bool | None, 
     c = paired_bootstrap(runs, split, a, b, metric, n_boot=n_boot, seed=seed)
     evidence = (
         f"difference {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}] over {c.n_rows} rows; "
-        f"per seed {c.seed_mean:+.4f} ± {c.seed_sigma:.4f} (n={len(c.seeds)} seeds)"
+        f"per seed {format_mean_std((c.seed_mean, c.seed_sigma), signed=True)} (n={len(c.seeds)} seeds)"
     )
     if moved is False:
         return ClaimPart(name, None, rule, evidence, "the preference stage did not move the model")
@@ -188,7 +188,7 @@ def claim_check(
             )
             continue
         mean, std = mean_std(ratios)
-        evidence = f"{mean:.4f} ± {std:.4f} (min {min(ratios):.4f}, n={len(ratios)} seeds)"
+        evidence = f"{format_mean_std((mean, std))} (min {min(ratios):.4f}, n={len(ratios)} seeds)"
         parts.append(ClaimPart(name, mean >= min_valid_ratio, rule, evidence))
     for metric in CLAIM_METRICS:
         name = f"sdpo > popular on {metric}"

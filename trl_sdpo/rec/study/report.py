@@ -6,7 +6,6 @@ comparisons, the claim check and every configuration tried, with nothing left ou
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from .analysis import (
     PairedComparison,
     compare_lists,
     compare_methods,
+    format_mean_std,
     group_runs,
     load_study,
     mean_std,
@@ -37,14 +37,6 @@ HEADERS = {
     "ranking/ndcg@5": "NDCG@5",
     "ranking/mrr": "MRR",
 }
-
-
-def format_mean_std(pair: tuple[float, float], digits: int = 4) -> str:
-    """`"0.1234 ± 0.0100"`; `"—"` for a metric the method does not have; no `±` part for a single seed."""
-    mean, std = pair
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
