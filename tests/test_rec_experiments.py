@@ -14,8 +14,15 @@ import pytest
 from tiny import make_model, make_tokenizer
 
 from trl_sdpo.cli import main
-from trl_sdpo.rec.study import models, records, runner, stages
-from trl_sdpo.rec.study.config import ConfigError, MethodConfig, config_from_dict, deep_merge, load_experiment_config
+from trl_sdpo.rec.study import load_study, models, records, runner, stages
+from trl_sdpo.rec.study.config import (
+    ConfigError,
+    MethodConfig,
+    config_from_dict,
+    deep_merge,
+    for_split,
+    load_experiment_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS_YAML = ROOT / "examples" / "configs" / "movielens.yaml"
@@ -93,6 +100,19 @@ def test_preset_deep_merges_over_the_top_level(tmp_path):
     assert config.methods["sdpo"].settings.num_negatives == 3  # the preference defaults
     assert config.output_dir == str(tmp_path / "out")  # relative to the YAML's folder
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+@pytest.mark.parametrize("folder", ["movielens", "movielens-study"])
+def test_every_committed_run_is_what_its_preset_says_today(folder):
+    """The committed results are reproducible from the committed study file: an edit of a preset that changes the
+    settings of a run it already produced (a rate pasted into the wrong preset) fails here."""
+    runs = load_study(ROOT / "examples" / "results" / folder)
+    for run in runs:
+        config = load_experiment_config(MOVIELENS_YAML, preset=run["preset"])
+        config = runner.resolve_start(for_split(config, run["split"]))[0]
+        settings = records.json_safe(records.run_settings(config, config.methods[run["method"]], run["seed"]))
+        assert settings == run["config"], (run["preset"], run["split"], run["method"], run["seed"])
+    assert len(runs) >= 25
 
 
 def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):
