@@ -17,7 +17,6 @@ import math
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 from trl_sdpo.rec.study import load_study
 from trl_sdpo.rec.study.config import load_experiment_config
@@ -44,8 +43,7 @@ def run(output_dir: str, split: str, seeds: str, methods: str, dry_run: bool = F
 
 def test_ready(config, output_dir: str) -> list[str]:
     """Why the test runs may not start yet (empty when they may)."""
-    has_valid = (Path(output_dir) / "valid").is_dir()  # load_study refuses a folder without runs
-    valid = [run for run in load_study(output_dir) if run["split"] == "valid"] if has_valid else []
+    valid = [run for run in load_study(output_dir, missing_ok=True) if run["split"] == "valid"]
     done = {run["method"] for run in valid}
     problems = [f"valid run {method} missing" for method in PREFERENCE if method not in done]
     for kind, choice in select_variants(valid).items():
@@ -75,8 +73,7 @@ def main() -> None:
         return
     curve = {m.sft_rows: name for name, m in config.methods.items() if m.kind == "sft" and m.sft_rows is not None}
     while True:
-        valid = Path(output_dir) / "valid"
-        pick = pick_sft_point(load_study(output_dir) if valid.is_dir() else [], planned=config.sft.curve_rows)
+        pick = pick_sft_point(load_study(output_dir, missing_ok=True), planned=config.sft.curve_rows)
         print(pick.describe(), flush=True)
         if pick.decided:
             break

@@ -111,12 +111,14 @@ def load_run(path: str | Path) -> dict[str, Any]:
     return run
 
 
-def load_study(directory: str | Path) -> list[dict[str, Any]]:
+def load_study(directory: str | Path, missing_ok: bool = False) -> list[dict[str, Any]]:
     """
     Load and check every run JSON of a study folder (`<directory>/<split>/<method>/seed<seed>.json`).
 
     Args:
         directory (`str` or `Path`): The study's output folder.
+        missing_ok (`bool`, *optional*, defaults to `False`): Return `[]` for a missing folder or one without runs
+            (a study that has not started) instead of raising.
 
     Returns:
         `list[dict]`: the runs sorted by split, method and seed. Raises `FileNotFoundError` when the folder does not
@@ -124,10 +126,14 @@ def load_study(directory: str | Path) -> list[dict[str, Any]]:
         presets (averaging them would mix two experiments).
     """
     directory = Path(directory)
+    if missing_ok and not directory.is_dir():
+        return []
     if not directory.is_dir():
         raise FileNotFoundError(f"Study folder {directory} does not exist.")
     # checkpoints/ holds the SFT models, not runs.
     paths = sorted(p for p in directory.glob("*/*/seed*.json") if p.relative_to(directory).parts[0] != "checkpoints")
+    if not paths and missing_ok:
+        return []
     if not paths:
         raise FileNotFoundError(f"No run JSON (<split>/<method>/seed<seed>.json) under {directory}.")
     runs = [load_run(p) for p in paths]

@@ -74,8 +74,7 @@ def resolve_start(config: ExperimentConfig, required: bool = True):
     from .curve import pick_sft_point
 
     needs = [m.name for m in config.methods.values() if sft_needs_start(m)]
-    valid = Path(config.output_dir) / "valid"
-    pick = pick_sft_point(load_study(config.output_dir) if valid.is_dir() else [], planned=config.sft.curve_rows)
+    pick = pick_sft_point(load_study(config.output_dir, missing_ok=True), planned=config.sft.curve_rows)
     if not pick.decided:
         if required and needs:
             raise ConfigError(
@@ -114,9 +113,10 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
                 continue
             if method.kind in ("sft", *PREFERENCE_KINDS):
                 needs_sft = True
-            kept = config.sft.start_rows != "auto" and stages.kept_model_dir(runner, method, seed)
-            if method.kind in PREFERENCE_KINDS and not (kept and (kept / STAGE_MARKER).exists()):
-                steps += stage_steps(method.settings) or 0  # a model kept by another run is evaluated, not trained
+            if method.kind in PREFERENCE_KINDS:
+                kept = config.sft.start_rows != "auto" and stages.kept_model_dir(runner, method, seed)
+                if not (kept and (kept / STAGE_MARKER).exists()):  # a model another run kept is only evaluated
+                    steps += stage_steps(method.settings) or 0
             if method.kind in LM_KINDS and not (method.kind == "base" and lm_evaluations and seed != config.seeds[0]):
                 lm_evaluations += 1
         sft_seed = seed if config.sft_seed is None else config.sft_seed
