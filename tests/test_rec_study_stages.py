@@ -230,7 +230,7 @@ def runner_select(config, *methods):
 
 
 @needs_recbole
-def test_preference_runs_keep_their_model_and_log_heldout_rewards(tmp_path, tiny_models):
+def test_preference_runs_keep_their_model_and_log_heldout_rewards(tmp_path, tiny_models, monkeypatch):
     raw = _raw(
         tmp_path,
         seeds=[0, 1],
@@ -261,7 +261,11 @@ def test_preference_runs_keep_their_model_and_log_heldout_rewards(tmp_path, tiny
     assert runs[("sdpo", 0)]["rows"] == runs[("sdpo-same", 0)]["rows"]
     assert runs[("sdpo", 0)]["trained_model"] != runs[("sdpo", 1)]["trained_model"]
     assert runs[("sdpo", 0)]["sittings"][0]["to_step"] == 2
-    # The other split evaluates the kept model: nothing is trained again, and the plan says so
+    # The other split evaluates the kept model: nothing is trained again, and the plan says so -- also where the
+    # output folder is spelt otherwise (relative here, absolute above)
+    monkeypatch.chdir(tmp_path)
+    config = config_from_dict(raw | {"output_dir": "study"})
+    assert Path(config.output_dir).resolve() == out.resolve()
     test_plan = runner.plan(runner_select(config, "sdpo", "dpo"), "test")
     assert test_plan["optimizer_steps"] == 0 and test_plan["sft_to_train"] == [] and len(test_plan["todo"]) == 4
     fresh = runner_select(config_from_dict(raw | {"seeds": [0, 1, 2]}), "sdpo")  # seed 2: not trained yet
@@ -274,6 +278,22 @@ def test_preference_runs_keep_their_model_and_log_heldout_rewards(tmp_path, tiny
     assert test_run["heldout"] == runs[("sdpo", 0)]["heldout"]
     assert len(test_run["rows"]["ids"]) == 4 and test_run["config"]["eval_rows"] == 4  # `test_eval_rows`
     assert "test_eval_rows" not in test_run["config"] and runs[("sdpo", 0)]["config"]["eval_rows"] == 3
+
+
+def test_a_folder_kept_under_the_old_key_is_found_until_one_under_the_new_key_exists(tmp_path):
+    from trl_sdpo.rec.study.records import digest
+    from trl_sdpo.rec.study.stages import keyed_folder
+
+    def key(spelt):
+        return {"sft": "/abs/study/checkpoints/seed0/sft" if spelt else "checkpoints/seed0/sft"}
+
+    new, old = tmp_path / f"dpo-{digest(key(False))}", tmp_path / f"dpo-{digest(key(True))}"
+    assert new != old
+    assert keyed_folder(tmp_path, "dpo", key) == new  # nothing kept: the new key
+    old.mkdir()
+    assert keyed_folder(tmp_path, "dpo", key) == old  # kept before the change
+    new.mkdir()
+    assert keyed_folder(tmp_path, "dpo", key) == new
 
 
 def test_start_rows_auto_applies_the_curve_rule_or_says_which_point_is_next(tmp_path):

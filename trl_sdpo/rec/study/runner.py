@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -235,10 +236,16 @@ class Runner:
         return build_examples(self.dataset, "train", seed=seed, max_rows=rows, **self._rows())
 
     # ---------------------------------------------------------------- SFT checkpoint
-    def sft_model_id(self, seed: int) -> str:
-        """The folder of the SFT model that training seed `seed`'s preference stage starts from."""
+    def sft_model_id(self, seed: int, spelt: bool = False) -> str:
+        """
+        The SFT model that training seed `seed`'s preference stage starts from, as the key of what is kept from it
+        (trained preference models, reference log-probs): its folder relative to the output folder, so the key is
+        the same however `--output_dir` is spelt (absolute or relative) and wherever the study folder lies.
+        `spelt=True` gives the folder as the output folder was spelt, the key before that (still looked up).
+        """
         sft_seed = seed if self.config.sft_seed is None else self.config.sft_seed
-        return str(sft_checkpoint_dir(self.config, sft_seed, self.config.sft.start_rows))
+        folder = sft_checkpoint_dir(self.config, sft_seed, self.config.sft.start_rows)
+        return str(folder) if spelt else os.path.relpath(folder.resolve(), self.output_dir.resolve())
 
     def sft_settings(self, seed: int) -> dict[str, Any]:
         """What the SFT stage of a seed was trained with (`start_rows` only picks a point afterwards)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,9 +159,25 @@ def kept_model_dir(runner: Runner, method: MethodConfig, seed: int) -> Path | No
     """
     if method.kind not in PREFERENCE_KINDS or method.settings.save_steps is None:
         return None
-    return (
-        runner.output_dir / "checkpoints" / f"seed{seed}" / f"{method.kind}-{digest(kept_key(runner, method, seed))}"
+    return keyed_folder(
+        runner.output_dir / "checkpoints" / f"seed{seed}",
+        method.kind,
+        lambda spelt: kept_key(runner, method, seed, spelt),
     )
+
+
+def keyed_folder(parent: Path, prefix: str, key: Callable[[bool], Any]) -> Path:
+    """
+    `parent/<prefix>-<digest of key(False)>`; where only the folder of `key(True)` exists (the key with the SFT model's
+    path as the output folder was spelt, see `Runner.sft_model_id`), that one, so that models and log-probs kept
+    before the key changed are used, not computed again.
+    """
+    path = parent / f"{prefix}-{digest(key(False))}"
+    if not path.exists():
+        old = parent / f"{prefix}-{digest(key(True))}"
+        if old.exists():
+            return old
+    return path
 
 
 # Settings of the evaluation only: the same trained model serves every value of them (valid and test rows)
@@ -176,10 +193,10 @@ _EVAL_ONLY_KEYS = (
 )
 
 
-def kept_key(runner: Runner, method: MethodConfig, seed: int) -> dict[str, Any]:
+def kept_key(runner: Runner, method: MethodConfig, seed: int, spelt: bool = False) -> dict[str, Any]:
     """What decides a preference run's trained model: its settings without the method's name and the evaluation's,
-    the SFT model, the seed."""
-    key = run_settings(runner.config, method) | {"sft_model": runner.sft_model_id(seed), "seed": seed}
+    the SFT model (`spelt`: see `Runner.sft_model_id`), the seed."""
+    key = run_settings(runner.config, method) | {"sft_model": runner.sft_model_id(seed, spelt), "seed": seed}
     key["method"].pop("name")
     for name in _EVAL_ONLY_KEYS:
         key.pop(name, None)
@@ -241,9 +258,14 @@ def reference_rows(runner: Runner, method: MethodConfig, seed: int, model, token
         )
         stored = None
         if s.save_steps is not None:
-            what = {"rows": key, "sft": runner.sft_model_id(seed), "max_length": runner.config.max_length}
-            what["precision"] = precision_name(runner.bf16)
-            stored = seed_dir / f"reference-{part}-{digest(what)}"
+
+            def what(spelt: bool) -> dict[str, Any]:
+                sft = runner.sft_model_id(seed, spelt)
+                return {"rows": key, "sft": sft, "max_length": runner.config.max_length} | {
+                    "precision": precision_name(runner.bf16)
+                }
+
+            stored = keyed_folder(seed_dir, f"reference-{part}", what)
         if stored is not None and (stored / "dataset_info.json").is_file():
             runner._reference_cache[key] = load_from_disk(str(stored))
         else:
