@@ -258,14 +258,10 @@ def reference_rows(runner: Runner, method: MethodConfig, seed: int, model, token
         )
         stored = None
         if s.save_steps is not None:
-
-            def what(spelt: bool) -> dict[str, Any]:
-                sft = runner.sft_model_id(seed, spelt)
-                return {"rows": key, "sft": sft, "max_length": runner.config.max_length} | {
-                    "precision": precision_name(runner.bf16)
-                }
-
-            stored = keyed_folder(seed_dir, f"reference-{part}", what)
+            what = {"rows": key, "max_length": runner.config.max_length, "precision": precision_name(runner.bf16)}
+            stored = keyed_folder(
+                seed_dir, f"reference-{part}", lambda spelt: what | {"sft": runner.sft_model_id(seed, spelt)}
+            )
         if stored is not None and (stored / "dataset_info.json").is_file():
             runner._reference_cache[key] = load_from_disk(str(stored))
         else:
