@@ -126,15 +126,13 @@ def load_study(directory: str | Path, missing_ok: bool = False) -> list[dict[str
         presets (averaging them would mix two experiments).
     """
     directory = Path(directory)
-    if missing_ok and not directory.is_dir():
-        return []
-    if not directory.is_dir():
-        raise FileNotFoundError(f"Study folder {directory} does not exist.")
     # checkpoints/ holds the SFT models, not runs.
     paths = sorted(p for p in directory.glob("*/*/seed*.json") if p.relative_to(directory).parts[0] != "checkpoints")
-    if not paths and missing_ok:
-        return []
     if not paths:
+        if missing_ok:
+            return []
+        if not directory.is_dir():
+            raise FileNotFoundError(f"Study folder {directory} does not exist.")
         raise FileNotFoundError(f"No run JSON (<split>/<method>/seed<seed>.json) under {directory}.")
     runs = [load_run(p) for p in paths]
     for (split, method), group in group_runs(runs).items():
