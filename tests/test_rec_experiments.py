@@ -14,6 +14,7 @@ import pytest
 from tiny import make_model, make_tokenizer
 
 from trl_sdpo.cli import main
+from trl_sdpo.machine import precision_name, resolve_bf16
 from trl_sdpo.rec.study import load_study, models, records, runner, stages
 from trl_sdpo.rec.study.config import (
     ConfigError,
@@ -253,6 +254,16 @@ def test_study_runs_every_method_and_seed_and_resumes(tiny_study, monkeypatch):
     changed.eval_rows = 4
     with pytest.raises(ConfigError, match="other settings"):
         runner.run_experiment(changed, "valid", show_progress=False)
+
+    # So are LM runs in another precision than the folder's (`bf16: auto` resolves per machine): seed 1's S-DPO is
+    # still to do, and one finished run now says it was trained in the precision this machine would not use.
+    here = precision_name(resolve_bf16(config.bf16))
+    other = {"bf16": "fp32", "fp32": "bf16"}[here]
+    path = out / "valid" / "dpo" / "seed0.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"precision": other}))
+    with pytest.raises(ConfigError, match=f"trained in {other} .*this call would train in {here}"):
+        runner.run_experiment(config, "valid", show_progress=False)
+    assert not (out / "valid" / "sdpo" / "seed1.json").exists()
 
 
 # ---------------------------------------------------------------------------------------- extends and shared SFT

@@ -167,6 +167,32 @@ def check_existing(path: Path, settings: dict[str, Any]) -> None:
         )
 
 
+def check_precision(output_dir: str | Path, precision: str) -> None:
+    """
+    Refuse to add LM runs in `precision` to a study folder whose LM runs were trained in another one (each run JSON
+    records what `bf16: auto` resolved to on its machine). A study continued on a machine without native bf16 would
+    otherwise train its remaining seeds in fp32 beside seeds trained in bf16, and the table would confound precision
+    with seed. Runs that predate the `precision` field, and baselines (no LM), are not compared.
+    """
+    others: dict[str, Path] = {}
+    for path in sorted(Path(output_dir).glob("*/*/seed*.json")):
+        try:
+            recorded = json.loads(path.read_text()).get("precision")
+        except ValueError:
+            continue  # reported by `check_existing` when that run comes up
+        if recorded is not None and recorded != precision:
+            others.setdefault(recorded, path)
+    if others:
+        found = ", ".join(f"{name} (e.g. {path})" for name, path in others.items())
+        raise ConfigError(
+            f"{output_dir} holds LM runs trained in {found}, and this call would train in {precision} (`bf16: "
+            "auto` resolves per machine: bf16 where it is native, a bf16 GPU or a CPU with AVX512_BF16 or AMX, fp32 "
+            "elsewhere). Mixing them confounds precision with seed: run the rest where the same precision is "
+            "native, set `bf16` explicitly to match (emulated bf16 on a CPU without it is several times slower than "
+            "fp32), or use another --output_dir."
+        )
+
+
 def ranking_record(ranks: list[int], row_ids: list[str]) -> dict[str, Any]:
     from ..metrics import ranking_metrics
 

@@ -39,6 +39,7 @@ from .records import (
     SCHEMA,
     STAGE_MARKER,
     check_existing,
+    check_precision,
     json_safe,
     ranking_record,
     row_ids_of,
@@ -510,6 +511,8 @@ def run_experiment(
                 todo.append((name, method, seed, path))
     if not todo:
         return result
+    if any(method.kind not in BASELINE_KINDS for _, method, _, _ in todo):
+        check_precision(config.output_dir, precision_name(runner.bf16))
     runner.load_data()
     machine, versions = machine_info(), package_versions()
     with tqdm(total=len(todo), desc="Runs", disable=not show_progress) as bar:
