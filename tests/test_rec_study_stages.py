@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -221,6 +222,39 @@ def test_a_curve_run_stopped_at_a_point_resumes_to_the_same_model(tmp_path, tiny
     assert run["sft_rows_seen"] == 8 and len(run["rows"]["generation_hit"]) == 2  # generation_rows
     first = json.loads((out / "valid/sft-4/seed0.json").read_text())
     assert [e["step"] for e in first["log_history"] if "loss" in e] == [1]  # the point's own step is logged
+
+
+@needs_recbole
+def test_an_sft_model_trained_again_is_compared_with_the_losses_its_runs_recorded(tmp_path, tiny_models):
+    config = config_from_dict(
+        _raw(tmp_path, sft={"start_rows": 4}, methods={"sft-4": {"kind": "sft", "sft_rows": 4}, "sft-continued": {}})
+    )
+    runner.run_experiment(runner_select(config, "sft-4"), "valid", show_progress=False)
+    out = Path(config.output_dir)
+    recorded_path = out / "valid/sft-4/seed0.json"
+    recorded = json.loads(recorded_path.read_text())
+    assert "sft_retrained" not in recorded  # trained for the first time: nothing to compare with
+    # A new machine: the run JSONs were committed, the models were not. Trained again with the same seed here, the
+    # SFT model is the same (the curve test above checks its weights), so are its losses.
+    shutil.rmtree(out / "checkpoints")
+    runner.run_experiment(config, "valid", show_progress=False)
+    run = json.loads((out / "valid/sft-continued/seed0.json").read_text())
+    assert run["sft_retrained"] == {
+        "compared_with": "valid/sft-4/seed0.json",
+        "steps": 1,
+        "steps_recorded": 1,
+        "max_abs_loss_diff": 0.0,
+    }
+    # Recorded losses that differ are reported as they are (the comparison reads the run JSON, not the new record)
+    shutil.rmtree(out / "checkpoints")
+    for entry in recorded["log_history"]:
+        if "loss" in entry:
+            entry["loss"] += 0.5
+    recorded_path.write_text(json.dumps(recorded))
+    (out / "valid/sft-continued/seed0.json").unlink()
+    runner.run_experiment(config, "valid", show_progress=False)
+    run = json.loads((out / "valid/sft-continued/seed0.json").read_text())
+    assert run["sft_retrained"]["max_abs_loss_diff"] == pytest.approx(0.5, abs=1e-6)
 
 
 def runner_select(config, *methods):

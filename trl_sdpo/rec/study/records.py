@@ -193,6 +193,43 @@ def check_precision(output_dir: str | Path, precision: str) -> None:
         )
 
 
+def compare_with_recorded_sft(
+    output_dir: str | Path, directory: Path, record: dict[str, Any]
+) -> dict[str, Any] | None:
+    """
+    How an SFT model trained again (its folder was lost, the study's run JSONs were not) compares with the one the
+    study's runs used, as far as the run JSONs tell: the training losses step by step, against those recorded by the
+    first `sft` run of the folder that was evaluated from the same point (`directory`, e.g. `seed0/sft-rows4096`,
+    trained with the same settings). Equal losses at every step are strong evidence of the same model; a difference
+    says how far the new one drifted (another CPU's rounding, say). `None` when no run recorded that point.
+    """
+    point = directory.parent.name, directory.name
+    settings = {k: v for k, v in record["settings"].items() if k != "seed"}
+    for path in sorted(Path(output_dir).glob("*/*/seed*.json")):
+        try:
+            run = json.loads(path.read_text())
+        except ValueError:
+            continue
+        recorded = Path(run.get("sft_checkpoint") or "")
+        if run.get("kind") != "sft" or (recorded.parent.name, recorded.name) != point:
+            continue
+        used = {k: run["config"].get(k) for k in settings} | {
+            "sft": {k: v for k, v in run["config"]["sft"].items() if k != "start_rows"}
+        }
+        if used != settings:
+            continue
+        then = {e["step"]: e["loss"] for e in run["log_history"] if "loss" in e}
+        now = {e["step"]: e["loss"] for e in record["log_history"] if "loss" in e}
+        steps = sorted(then.keys() & now.keys())
+        return {
+            "compared_with": path.relative_to(output_dir).as_posix(),
+            "steps": len(steps),
+            "steps_recorded": len(then),
+            "max_abs_loss_diff": max((abs(now[s] - then[s]) for s in steps), default=None),
+        }
+    return None
+
+
 def ranking_record(ranks: list[int], row_ids: list[str]) -> dict[str, Any]:
     from ..metrics import ranking_metrics
 

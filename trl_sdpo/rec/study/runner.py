@@ -40,6 +40,7 @@ from .records import (
     STAGE_MARKER,
     check_existing,
     check_precision,
+    compare_with_recorded_sft,
     json_safe,
     ranking_record,
     row_ids_of,
@@ -259,7 +260,8 @@ class Runner:
         directory = sft_checkpoint_dir(self.config, seed, rows)
         settings = self.sft_settings(seed)
         marker = directory / STAGE_MARKER
-        if not marker.is_file():
+        trained = not marker.is_file()
+        if trained:
             stages.train_sft_checkpoint(self, seed, sft_checkpoint_dir(self.config, seed), settings, until_rows=rows)
         record = json.loads(marker.read_text())
         if record.get("settings") != settings:
@@ -267,6 +269,18 @@ class Runner:
                 f"{directory} holds an SFT model trained with other settings than this study's `sft:` "
                 "section; choose another --output_dir or delete the folder."
             )
+        if trained:
+            # Trained again where the study's runs recorded it before (the folder was lost): say how close it is,
+            # in the marker, so that every run from it records the comparison (`sft_retrained`)
+            comparison = compare_with_recorded_sft(self.output_dir, directory, record)
+            if comparison is not None:
+                record["retrained"] = comparison
+                write_json_atomic(marker, record)
+                logger.info(
+                    f"[experiment] {directory} was trained again; its training losses differ from those recorded "
+                    f"in {comparison['compared_with']} by at most {comparison['max_abs_loss_diff']} over "
+                    f"{comparison['steps']} steps (0: the same model as before)"
+                )
         return directory, record
 
     def _model_settings(self) -> dict[str, Any]:
@@ -362,6 +376,8 @@ class Runner:
                 extra["sft_rows_seen"] = record["rows_seen"]
             if record.get("sittings"):
                 extra["sft_sittings"] = record["sittings"]
+            if "retrained" in record:
+                extra["sft_retrained"] = record["retrained"]
             kept = stages.kept_model_dir(self, method, seed)
             if method.kind == "sft":
                 model, tokenizer = models.load_checkpoint(directory, self.config)
