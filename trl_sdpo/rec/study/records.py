@@ -167,6 +167,16 @@ def check_existing(path: Path, settings: dict[str, Any]) -> None:
         )
 
 
+def _run_jsons(output_dir: str | Path):
+    """(path, run) of every run JSON of a study folder, in path order; one that is not valid JSON is left out here
+    (`check_existing` reports it when its run comes up)."""
+    for path in sorted(Path(output_dir).glob("*/*/seed*.json")):
+        try:
+            yield path, json.loads(path.read_text())
+        except ValueError:
+            continue
+
+
 def check_precision(output_dir: str | Path, precision: str) -> None:
     """
     Refuse to add LM runs in `precision` to a study folder whose LM runs were trained in another one (each run JSON
@@ -175,11 +185,8 @@ def check_precision(output_dir: str | Path, precision: str) -> None:
     with seed. Runs that predate the `precision` field, and baselines (no LM), are not compared.
     """
     others: dict[str, Path] = {}
-    for path in sorted(Path(output_dir).glob("*/*/seed*.json")):
-        try:
-            recorded = json.loads(path.read_text()).get("precision")
-        except ValueError:
-            continue  # reported by `check_existing` when that run comes up
+    for path, run in _run_jsons(output_dir):
+        recorded = run.get("precision")
         if recorded is not None and recorded != precision:
             others.setdefault(recorded, path)
     if others:
@@ -205,11 +212,7 @@ def compare_with_recorded_sft(
     """
     point = directory.parent.name, directory.name
     settings = {k: v for k, v in record["settings"].items() if k != "seed"}
-    for path in sorted(Path(output_dir).glob("*/*/seed*.json")):
-        try:
-            run = json.loads(path.read_text())
-        except ValueError:
-            continue
+    for path, run in _run_jsons(output_dir):
         recorded = Path(run.get("sft_checkpoint") or "")
         if run.get("kind") != "sft" or (recorded.parent.name, recorded.name) != point:
             continue
