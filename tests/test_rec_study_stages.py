@@ -257,6 +257,24 @@ def test_an_sft_model_trained_again_is_compared_with_the_losses_its_runs_recorde
     assert run["sft_retrained"]["max_abs_loss_diff"] == pytest.approx(0.5, abs=1e-6)
 
 
+def test_a_checkpoint_is_not_resumed_in_another_precision_than_it_was_trained_in(tmp_path):
+    from types import SimpleNamespace
+
+    from trl_sdpo.rec.study.resumable import SittingCallback, prepare_folder
+
+    folder, settings = tmp_path / "trainer", {"bf16": "auto", "lr": 1e-4}
+    assert prepare_folder(folder, settings, "bf16") is None  # nothing to resume yet
+    SittingCallback(folder, {"cpu_model": "x"}, precision="bf16").record(SimpleNamespace(global_step=8))
+    (folder / "checkpoint-8").mkdir()
+    (folder / "checkpoint-8" / "trainer_state.json").write_text("{}")
+    assert prepare_folder(folder, settings, "bf16") == folder / "checkpoint-8"
+    with pytest.raises(ValueError, match="trained in bf16, and this machine would resume it in fp32"):
+        prepare_folder(folder, settings, "fp32")
+    # Sittings recorded before they named their precision are not compared
+    (folder / "trl_sdpo_sittings.json").write_text(json.dumps([{"from_step": 0, "to_step": 8}]))
+    assert prepare_folder(folder, settings, "fp32") == folder / "checkpoint-8"
+
+
 def runner_select(config, *methods):
     from trl_sdpo.rec.study.config import select
 

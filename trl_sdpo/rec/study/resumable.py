@@ -48,12 +48,14 @@ def last_checkpoint(folder: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def prepare_folder(folder: str | Path, settings: dict[str, Any]) -> Path | None:
+def prepare_folder(folder: str | Path, settings: dict[str, Any], precision: str | None = None) -> Path | None:
     """
     Make `folder` the trainer folder of a stage trained with `settings`; return the checkpoint to resume from.
 
     A folder holding checkpoints of other settings raises `ValueError` (resuming them would mix two runs); a folder
-    with settings but no complete checkpoint is started over.
+    with settings but no complete checkpoint is started over. So does a checkpoint whose sittings trained in another
+    `precision` than this one would resume in (`"bf16"` or `"fp32"`: `bf16: auto` in `settings` resolves per machine,
+    so a run moved to a machine without native bf16 would otherwise switch precision halfway).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,15 @@ def prepare_folder(folder: str | Path, settings: dict[str, Any]) -> Path | None:
         for stale in folder.glob("checkpoint-*"):  # from before the settings were recorded: not ours to resume
             shutil.rmtree(stale)
         _write(recorded, settings)
-    return last_checkpoint(folder)
+    resume = last_checkpoint(folder)
+    trained_in = {s["precision"] for s in read_sittings(folder) if s.get("precision")} - {precision}
+    if resume is not None and precision is not None and trained_in:
+        raise ValueError(
+            f"{folder} holds a Trainer checkpoint trained in {', '.join(sorted(trained_in))}, and this machine would "
+            f"resume it in {precision}: finish it where that precision is native, set `bf16` to match, or delete "
+            "the folder to train it again from the start."
+        )
+    return resume
 
 
 def fresh_folder(folder: str | Path) -> None:
@@ -94,9 +104,16 @@ class SittingCallback(TrainerCallback):
         folder (`str` or `Path`): The trainer folder.
         machine (`dict`): [`~trl_sdpo.machine.machine_info`] of this machine.
         resumed_from (`str` or `None`): The checkpoint this sitting started from.
+        precision (`str`, *optional*): What this sitting trains in (`"bf16"` or `"fp32"`), checked on resuming.
     """
 
-    def __init__(self, folder: str | Path, machine: dict[str, Any], resumed_from: str | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        machine: dict[str, Any],
+        resumed_from: str | None = None,
+        precision: str | None = None,
+    ):
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.path = Path(folder) / SITTINGS_FILE
         self.sittings = read_sittings(folder)
@@ -109,6 +126,8 @@ class SittingCallback(TrainerCallback):
             "to_step": None,
             "machine": machine,
         }
+        if precision is not None:
+            self.entry["precision"] = precision
         self.sittings.append(self.entry)
         self._start = time.perf_counter()
 

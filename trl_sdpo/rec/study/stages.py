@@ -68,7 +68,8 @@ def train_sft_checkpoint(
 
     config, stage = runner.config, runner.config.sft
     trainer_dir = directory.parent / "trainer-sft"
-    resume = prepare_folder(trainer_dir, settings) if stage.save_steps else fresh_folder(trainer_dir)
+    precision = precision_name(runner.bf16)
+    resume = prepare_folder(trainer_dir, settings, precision) if stage.save_steps else fresh_folder(trainer_dir)
     logger.info(
         f"[experiment] SFT of seed {seed}: {stage_steps(stage)} steps, saved to {directory}"
         + (f", resuming from {resume}" if resume else "")
@@ -78,7 +79,7 @@ def train_sft_checkpoint(
     examples = runner.train_examples(stage.train_rows, seed)
     batch = stage.batch_size * stage.gradient_accumulation_steps
 
-    sitting = SittingCallback(trainer_dir, machine_info(), str(resume) if resume else None)
+    sitting = SittingCallback(trainer_dir, machine_info(), str(resume) if resume else None, precision)
 
     def record(state) -> dict[str, Any]:
         sitting.record(state)
@@ -299,8 +300,9 @@ def train_preference(runner: Runner, method: MethodConfig, seed: int, model, tok
     config, s = runner.config, method.settings
     examples, rows, heldout = preference_rows(runner, method, seed, model, tokenizer)
     out = kept or runner.output_dir / "checkpoints" / f"seed{seed}" / f"trainer-{method.name}"
-    resume = prepare_folder(out, kept_key(runner, method, seed)) if kept else None
-    callbacks = [SittingCallback(out, machine_info(), str(resume) if resume else None)] if kept else []
+    precision = precision_name(runner.bf16)
+    resume = prepare_folder(out, kept_key(runner, method, seed), precision) if kept else None
+    callbacks = [SittingCallback(out, machine_info(), str(resume) if resume else None, precision)] if kept else []
     heldout_callback = None
     if heldout is not None:
         heldout_callback = HeldoutRewardsCallback(
