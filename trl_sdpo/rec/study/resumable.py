@@ -6,7 +6,7 @@ A study's long stages (the SFT learning curve, preference runs of thousands of r
 a 2-core machine. Each such stage trains in `<trainer folder>`, where TRL's Trainer keeps its latest checkpoint
 (`checkpoint-<step>/`: weights, optimizer, scheduler, RNG states, data position) and this module keeps
 `trl_sdpo_settings.json` (what the checkpoints were trained with: a folder trained otherwise is refused, never resumed)
-and `trl_sdpo_sittings.json` (one entry per sitting: start, end, seconds, steps, machine). The next
+and `trl_sdpo_sittings.json` (one entry per sitting: start, end, seconds, steps, machine, precision). The next
 `trl-sdpo experiment` call finds the checkpoint and resumes; the sittings end up in the run JSON.
 """
 
