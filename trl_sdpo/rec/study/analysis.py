@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .records import run_json_paths
+
 SCHEMA = 1
 # Table order: the LM stages in training order, then variants (sorted), then the baselines without an LM.
 LM_METHODS = ("base", "sft", "sft-continued", "dpo", "sdpo")
@@ -126,8 +128,7 @@ def load_study(directory: str | Path, missing_ok: bool = False) -> list[dict[str
         presets (averaging them would mix two experiments).
     """
     directory = Path(directory)
-    # checkpoints/ holds the SFT models, not runs.
-    paths = sorted(p for p in directory.glob("*/*/seed*.json") if p.relative_to(directory).parts[0] != "checkpoints")
+    paths = run_json_paths(directory)
     if not paths:
         if missing_ok:
             return []

@@ -167,10 +167,17 @@ def check_existing(path: Path, settings: dict[str, Any]) -> None:
         )
 
 
+def run_json_paths(output_dir: str | Path) -> list[Path]:
+    """The run JSONs of a study folder (`<split>/<method>/seed<seed>.json`), in path order; `checkpoints/` holds the
+    models, not runs."""
+    directory = Path(output_dir)
+    return sorted(p for p in directory.glob("*/*/seed*.json") if p.relative_to(directory).parts[0] != "checkpoints")
+
+
 def _run_jsons(output_dir: str | Path):
-    """(path, run) of every run JSON of a study folder, in path order; one that is not valid JSON is left out here
-    (`check_existing` reports it when its run comes up)."""
-    for path in sorted(Path(output_dir).glob("*/*/seed*.json")):
+    """(path, run) of every run JSON of a study folder; one that is not valid JSON is left out here (`check_existing`
+    reports it when its run comes up)."""
+    for path in run_json_paths(output_dir):
         try:
             yield path, json.loads(path.read_text())
         except ValueError:
@@ -223,7 +230,7 @@ def compare_with_recorded_sft(
             continue
         then = {e["step"]: e["loss"] for e in run["log_history"] if "loss" in e}
         now = {e["step"]: e["loss"] for e in record["log_history"] if "loss" in e}
-        steps = sorted(then.keys() & now.keys())
+        steps = then.keys() & now.keys()
         return {
             "compared_with": path.relative_to(output_dir).as_posix(),
             "steps": len(steps),
