@@ -103,8 +103,8 @@ def test_preset_deep_merges_over_the_top_level(tmp_path):
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
 
 
-@pytest.mark.parametrize("folder", ["movielens", "movielens-study"])
-def test_every_committed_run_is_what_its_preset_says_today(folder):
+@pytest.mark.parametrize("folder, at_least", [("movielens", 25), ("movielens-study", 25), ("movielens-precision", 1)])
+def test_every_committed_run_is_what_its_preset_says_today(folder, at_least):
     """The committed results are reproducible from the committed study file: an edit of a preset that changes the
     settings of a run it already produced (a rate pasted into the wrong preset) fails here."""
     runs = load_study(ROOT / "examples" / "results" / folder)
@@ -113,7 +113,34 @@ def test_every_committed_run_is_what_its_preset_says_today(folder):
         config = runner.resolve_start(for_split(config, run["split"]))[0]
         settings = records.json_safe(records.run_settings(config, config.methods[run["method"]], run["seed"]))
         assert settings == run["config"], (run["preset"], run["split"], run["method"], run["seed"])
-    assert len(runs) >= 25
+    assert len(runs) >= at_least
+
+
+def _flat(value, key=""):
+    """A nested JSON value as {path: leaf}, so that two can be compared leaf by leaf with a tolerance."""
+    if isinstance(value, dict):
+        return {k: v for name, item in value.items() for k, v in _flat(item, f"{key}/{name}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{key}[{i}]").items()}
+    return {key: value}
+
+
+def test_the_committed_precision_comparison_is_what_its_runs_give(tmp_path, monkeypatch, capsys):
+    """examples/results/movielens-precision/comparison.json (quoted in the READMEs) is recomputed from the committed
+    run JSONs: a run replaced without rerunning the script, or a script edit that changes its figures, fails here."""
+    spec = importlib.util.spec_from_file_location("precision", ROOT / "examples/scripts/precision_compare.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(ROOT)  # the script's folders are relative to the repository root
+    monkeypatch.setattr(sys, "argv", ["precision_compare.py", "--output", str(tmp_path / "comparison.json")])
+    script.main()
+    fresh = _flat(json.loads((tmp_path / "comparison.json").read_text()))
+    committed = _flat(json.loads((ROOT / "examples/results/movielens-precision/comparison.json").read_text()))
+    assert fresh.keys() == committed.keys()
+    for key, value in committed.items():
+        # means of 1,000 row values in float64: rounding differs across CPUs far below 1e-12
+        assert fresh[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+    assert "sft-4k seed 0 on valid" in capsys.readouterr().out
 
 
 def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):
