@@ -6,9 +6,14 @@ autocast, AVX512_BF16), paired on their eval rows. From the repository root:
     python examples/scripts/precision_compare.py [--output examples/results/movielens-precision/comparison.json]
 
 For each pair it prints and records the paired difference fp32 - bf16 of every per-row metric with its 95% bootstrap
-interval, and how alike the two rank each row's target (same rank, within one place, mean absolute difference,
-correlation of the ranks). As a scale for the last, the same agreement between two seeds of one study method on
-`test` (same SFT model, a different preference seed): a precision effect far below it is below the study's own noise.
+interval, how alike the two rank each row's target (same rank, within one place, mean absolute difference,
+correlation of the ranks), and how their training losses differ step by step. As a scale for the ranks, the same
+agreement between two seeds of one study method on `test` (same SFT model, a different preference seed): a precision
+effect far below it is below the study's own noise.
+
+For a preference-stage run whose SFT model was also evaluated in each folder, it records what the question of the
+study turns on: the stage's effect on its own SFT model (preference - SFT, per row) in each precision, and fp32 - bf16
+of that effect; and the held-out preference rows (reward accuracy, margins) of both.
 """
 
 import argparse
@@ -18,17 +23,23 @@ from pathlib import Path
 import numpy as np
 
 from trl_sdpo.rec.study import load_study
-from trl_sdpo.rec.study.analysis import ROW_METRICS, paired_bootstrap, row_values
+from trl_sdpo.rec.study.analysis import ROW_METRICS, bootstrap_interval, paired_bootstrap, row_values
 
 PRECISION, STUDY = "examples/results/movielens-precision", "examples/results/movielens-study"
 # Seed pairs of the study that show its own run-to-run spread (the preference stage's seed, one SFT model)
 SEED_PAIRS = [("test", "dpo", 0, 1), ("test", "sdpo", 0, 1)]
 
 
+def same_rows(*runs: dict) -> None:
+    """Raise unless every run was evaluated on the rows of the first, in the same order."""
+    for run in runs[1:]:
+        if run["rows"]["ids"] != runs[0]["rows"]["ids"]:
+            raise ValueError(f"{runs[0]['path']} and {run['path']} were evaluated on different rows.")
+
+
 def rank_agreement(a: dict, b: dict) -> dict[str, float]:
     """How alike two runs rank each row's target (1 = first of the 20 candidates), paired by row id."""
-    if a["rows"]["ids"] != b["rows"]["ids"]:
-        raise ValueError(f"{a['path']} and {b['path']} were evaluated on different rows.")
+    same_rows(a, b)
     ra, rb = (np.asarray(run["rows"]["target_rank"]) for run in (a, b))
     gap = np.abs(ra - rb)
     return {
@@ -38,6 +49,57 @@ def rank_agreement(a: dict, b: dict) -> dict[str, float]:
         "mean_abs_rank_diff": float(gap.mean()),
         "rank_correlation": float(np.corrcoef(ra, rb)[0, 1]),
     }
+
+
+def interval(per_row: np.ndarray) -> dict:
+    """Mean of per-row values and its 95% bootstrap interval over the rows."""
+    low, high = bootstrap_interval(per_row)
+    return {"mean": float(per_row.mean()), "ci95": [low, high]}
+
+
+def losses(run: dict) -> dict[int, float]:
+    """The training loss the run logged at each optimizer step."""
+    return {entry["step"]: entry["loss"] for entry in run["log_history"] if "loss" in entry}
+
+
+def loss_difference(fp32: dict, bf16: dict) -> dict:
+    """loss_fp32 - loss_bf16 at every step both logged (each step's loss is the mean over the same rows in both)."""
+    a, b = losses(fp32), losses(bf16)
+    steps = sorted(set(a) & set(b))
+    diff = np.array([a[step] - b[step] for step in steps])
+    largest = int(np.abs(diff).argmax())
+    return {"steps": len(steps), "first_step": {"fp32": a[steps[0]], "bf16": b[steps[0]]},
+            "mean_diff": float(diff.mean()), "sd_diff": float(diff.std(ddof=1)),
+            "max_abs_diff": float(abs(diff[largest])), "max_abs_diff_step": steps[largest]}  # fmt: skip
+
+
+def heldout_difference(fp32: dict, bf16: dict) -> dict:
+    """The held-out preference rows of both runs (the same rows: the study draws them by seed) and fp32 - bf16."""
+    a, b = fp32["heldout"], bf16["heldout"]
+    if a["rows"] != b["rows"]:
+        raise ValueError(f"{fp32['path']} and {bf16['path']} hold out {a['rows']} and {b['rows']} rows.")
+    margins = np.asarray(a["row_margins"]) - np.asarray(b["row_margins"])
+    return {"rows": a["rows"], **{key: {"fp32": a[key], "bf16": b[key]} for key in ("accuracy", "margin")},
+            "margin_diff": interval(margins)}  # fmt: skip
+
+
+def preference_effect(pref32: dict, sft32: dict, pref16: dict, sft16: dict) -> dict:
+    """The preference stage's effect on its SFT model (per row) in fp32 and in bf16, and fp32 - bf16 of it."""
+    same_rows(pref32, sft32, pref16, sft16)
+    effects = {}
+    for metric in ROW_METRICS:
+        values = [row_values(run, metric) for run in (pref32, sft32, pref16, sft16)]
+        if any(v is None for v in values):
+            continue
+        e32, e16 = values[0] - values[1], values[2] - values[3]
+        effects[metric] = {"fp32": interval(e32), "bf16": interval(e16), "fp32_minus_bf16": interval(e32 - e16)}
+    return {"sft_runs": [str(sft32["path"]), str(sft16["path"])], "metrics": effects}
+
+
+def sft_of(run: dict, folder: list[dict]) -> dict | None:
+    """The SFT run of `folder` that evaluated the SFT model `run`'s preference stage started from."""
+    return next((r for r in folder if r["kind"] == "sft" and (r["split"], r["seed"], r["sft_checkpoint"])
+                 == (run["split"], run["seed"], run["sft_checkpoint"])), None)  # fmt: skip
 
 
 def compare(fp32: dict, bf16: dict) -> dict:
@@ -59,25 +121,39 @@ def compare(fp32: dict, bf16: dict) -> dict:
             "rows": c.n_rows,
         }
     return {"fp32_run": str(fp32["path"]), "bf16_run": str(bf16["path"]), "metrics": metrics,
-            "rank_agreement": rank_agreement(fp32, bf16)}  # fmt: skip
+            "rank_agreement": rank_agreement(fp32, bf16), "losses": loss_difference(fp32, bf16)}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default=f"{PRECISION}/comparison.json")
     args = parser.parse_args()
-    study = {(r["split"], r["method"], r["seed"]): r for r in load_study(STUDY)}
+    study_runs, precision_runs = load_study(STUDY), load_study(PRECISION)
+    study = {(r["split"], r["method"], r["seed"]): r for r in study_runs}
     pairs = {}
-    for run in load_study(PRECISION):
+    for run in precision_runs:
         key = (run["split"], run["method"], run["seed"])
         if key not in study:
             raise SystemExit(f"{run['path']}: the study has no {key[1]} seed {key[2]} on {key[0]} to compare with.")
         pairs["/".join(map(str, key))] = result = compare(run, study[key])
+        sft32, sft16 = sft_of(run, precision_runs), sft_of(study[key], study_runs)
+        if run.get("heldout") and sft32 and sft16:
+            result["preference_effect"] = preference_effect(run, sft32, study[key], sft16)
+            result["heldout"] = heldout_difference(run, study[key])
         print(f"== {key[1]} seed {key[2]} on {key[0]}: fp32 - bf16 (95% paired bootstrap interval)")
         for metric, m in result["metrics"].items():
             low, high = m["ci95"]
             print(f"  {metric:24s} {m['fp32']:.4f} - {m['bf16']:.4f} = {m['diff']:+.4f} [{low:+.4f}, {high:+.4f}]")
         print("  ranks:", json.dumps(result["rank_agreement"]))
+        print("  training loss fp32 - bf16:", json.dumps(result["losses"]))
+        if "preference_effect" in result:
+            print(
+                f"  its effect on its SFT model ({result['preference_effect']['sft_runs']}), fp32 | bf16 | difference:"
+            )
+            for metric, m in result["preference_effect"]["metrics"].items():
+                print(f"  {metric:24s}", " | ".join(f"{x['mean']:+.4f} [{x['ci95'][0]:+.4f}, {x['ci95'][1]:+.4f}]"
+                                                    for x in m.values()))  # fmt: skip
+            print("  held-out preference rows:", json.dumps(result["heldout"]))
     scale = {}
     for split, method, s0, s1 in SEED_PAIRS:
         scale[f"{split}/{method} seed {s1} vs {s0}"] = agree = rank_agreement(

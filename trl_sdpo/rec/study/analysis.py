@@ -330,6 +330,29 @@ def _paired_matrix(runs: list[dict[str, Any]], split: str, a: str, b: str, metri
     return seeds, np.stack(values_a), np.stack(values_b)
 
 
+def bootstrap_interval(per_row: np.ndarray, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """
+    95% percentile interval of the mean of `per_row`, the rows resampled with replacement `n_boot` times.
+
+    Args:
+        per_row (`np.ndarray`): One value per eval row (for a paired comparison, the per-row difference).
+        n_boot (`int`, *optional*, defaults to `10000`): Bootstrap resamples.
+        seed (`int`, *optional*, defaults to `0`): Seed of the resampling.
+
+    Returns:
+        `(low, high)`: the 2.5th and 97.5th percentiles of the resampled means.
+    """
+    n = per_row.size
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // max(n, 1))  # bounded memory: chunk x n indices at a time
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        boot[start:stop] = per_row[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def paired_bootstrap(
     runs: Iterable[dict[str, Any]],
     split: str,
@@ -362,13 +385,7 @@ def paired_bootstrap(
     seeds, values_a, values_b = _paired_matrix(runs, split, a, b, metric)
     per_row = (values_a - values_b).mean(axis=0)
     n = per_row.size
-    rng = np.random.default_rng(seed)
-    boot = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // max(n, 1))  # bounded memory: chunk x n indices at a time
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        boot[start:stop] = per_row[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
+    low, high = bootstrap_interval(per_row, n_boot=n_boot, seed=seed)
     per_seed = {s: float(d) for s, d in zip(seeds, (values_a - values_b).mean(axis=1))}
     seed_mean, seed_sigma = mean_std(list(per_seed.values()))
     return PairedComparison(
