@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from trl_sdpo.rec.study import (
     compare_methods,
     load_study,
     paired_bootstrap,
+    rank_agreement,
     row_values,
+    run_difference,
     summary_table,
 )
 from trl_sdpo.rec.study.claims import claim_check, describe_claims
@@ -176,6 +179,32 @@ def test_mismatched_row_ids_are_refused(tmp_path):
     write_run(tmp_path, "test", "sdpo", 0, [1, 2, 3], ids=["test:0", "test:2", "test:1"])
     with pytest.raises(ValueError, match=r"Row ids differ .*first at position 1"):
         paired_bootstrap(load_study(tmp_path), "test", "sdpo", "dpo", "ranking/hr@1")
+
+
+def test_two_runs_of_any_seeds_compare_row_by_row(tmp_path):
+    # Two seeds of one method: paired_bootstrap pairs by seed and cannot take them; run_difference and rank_agreement do.
+    write_run(tmp_path, "valid", "sft", 0, [1, 2, 3, 4, 7], hits=[1, 0, 0, 1, 0])
+    write_run(tmp_path, "valid", "sft", 1, [1, 3, 3, 10, 6])
+    seed0, seed1 = load_study(tmp_path)
+    d = run_difference(seed1, seed0, "ranking/mrr", n_boot=500)
+    # Hand computation: mean(1/rank) of each run
+    mrr1, mrr0 = (1 + 1 / 3 + 1 / 3 + 1 / 10 + 1 / 6) / 5, (1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 7) / 5
+    assert (d["a"], d["b"], d["rows"]) == (pytest.approx(mrr1), pytest.approx(mrr0), 5)
+    assert d["diff"] == pytest.approx(mrr1 - mrr0) and d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+    assert run_difference(seed0, seed1, "generation/hr@1") is None  # seed 1 has no generation data
+    agree = rank_agreement(seed1, seed0)
+    # Gaps 0, 1, 0, 6, 1: same rank on 2 of 5 rows, within one place on 4, mean gap 8/5
+    assert (agree["rows"], agree["same_rank"], agree["within_one"]) == (5, 0.4, 0.8)
+    assert agree["mean_abs_rank_diff"] == pytest.approx(1.6)
+    # An independent Pearson correlation
+    assert agree["rank_correlation"] == pytest.approx(statistics.correlation([1, 3, 3, 10, 6], [1, 2, 3, 4, 7]))
+    write_run(
+        tmp_path, "valid", "sft", 2, [1, 2, 3, 4, 7], ids=["valid:0", "valid:1", "valid:3", "valid:2", "valid:4"]
+    )
+    other = load_study(tmp_path)[2]
+    for compare in (rank_agreement, lambda a, b: run_difference(a, b, "ranking/hr@1")):
+        with pytest.raises(ValueError, match=r"Row ids differ .*first at position 2"):
+            compare(seed0, other)
 
 
 @pytest.mark.parametrize(

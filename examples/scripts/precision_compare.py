@@ -23,32 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from trl_sdpo.rec.study import load_study
-from trl_sdpo.rec.study.analysis import ROW_METRICS, bootstrap_interval, paired_bootstrap, row_values
+from trl_sdpo.rec.study.analysis import (
+    ROW_METRICS,
+    bootstrap_interval,
+    check_same_rows,
+    rank_agreement,
+    row_values,
+    run_difference,
+)
 
 PRECISION, STUDY = "examples/results/movielens-precision", "examples/results/movielens-study"
 # Seed pairs of the study that show its own run-to-run spread (the preference stage's seed, one SFT model)
 SEED_PAIRS = [("test", "dpo", 0, 1), ("test", "sdpo", 0, 1)]
-
-
-def same_rows(*runs: dict) -> None:
-    """Raise unless every run was evaluated on the rows of the first, in the same order."""
-    for run in runs[1:]:
-        if run["rows"]["ids"] != runs[0]["rows"]["ids"]:
-            raise ValueError(f"{runs[0]['path']} and {run['path']} were evaluated on different rows.")
-
-
-def rank_agreement(a: dict, b: dict) -> dict[str, float]:
-    """How alike two runs rank each row's target (1 = first of the 20 candidates), paired by row id."""
-    same_rows(a, b)
-    ra, rb = (np.asarray(run["rows"]["target_rank"]) for run in (a, b))
-    gap = np.abs(ra - rb)
-    return {
-        "rows": int(gap.size),
-        "same_rank": float((gap == 0).mean()),
-        "within_one": float((gap <= 1).mean()),
-        "mean_abs_rank_diff": float(gap.mean()),
-        "rank_correlation": float(np.corrcoef(ra, rb)[0, 1]),
-    }
 
 
 def interval(per_row: np.ndarray) -> dict:
@@ -85,7 +71,7 @@ def heldout_difference(fp32: dict, bf16: dict) -> dict:
 
 def preference_effect(pref32: dict, sft32: dict, pref16: dict, sft16: dict) -> dict:
     """The preference stage's effect on its SFT model (per row) in fp32 and in bf16, and fp32 - bf16 of it."""
-    same_rows(pref32, sft32, pref16, sft16)
+    check_same_rows(pref32, sft32, pref16, sft16)
     effects = {}
     for metric in ROW_METRICS:
         values = [row_values(run, metric) for run in (pref32, sft32, pref16, sft16)]
@@ -106,20 +92,10 @@ def compare(fp32: dict, bf16: dict) -> dict:
     """fp32 - bf16 on every per-row metric both runs carry, and their rank agreement."""
     if (fp32["precision"], bf16["precision"]) != ("fp32", "bf16"):
         raise ValueError(f"expected fp32 vs bf16, got {fp32['precision']} ({fp32['path']}) vs {bf16['precision']}.")
-    a, b = f"{fp32['method']} (fp32)", f"{bf16['method']} (bf16)"
-    runs = [dict(fp32, method=a), dict(bf16, method=b)]
     metrics = {}
     for metric in ROW_METRICS:
-        if row_values(fp32, metric) is None or row_values(bf16, metric) is None:
-            continue
-        c = paired_bootstrap(runs, fp32["split"], a, b, metric)
-        metrics[metric] = {
-            "fp32": float(row_values(fp32, metric).mean()),
-            "bf16": float(row_values(bf16, metric).mean()),
-            "diff": c.mean_diff,
-            "ci95": [c.ci_low, c.ci_high],
-            "rows": c.n_rows,
-        }
+        if d := run_difference(fp32, bf16, metric):
+            metrics[metric] = {"fp32": d["a"], "bf16": d["b"], "diff": d["diff"], "ci95": d["ci95"], "rows": d["rows"]}
     return {"fp32_run": str(fp32["path"]), "bf16_run": str(bf16["path"]), "metrics": metrics,
             "rank_agreement": rank_agreement(fp32, bf16), "losses": loss_difference(fp32, bf16)}  # fmt: skip
 

@@ -298,6 +298,19 @@ class PairedComparison:
         return not math.isnan(self.seed_sigma) and self.seed_mean > 2 * self.seed_sigma
 
 
+def check_same_rows(*runs: dict[str, Any]) -> None:
+    """Raise `ValueError` unless every run was evaluated on the first one's rows, in the same order."""
+    ids = runs[0]["rows"]["ids"]
+    for run in runs[1:]:
+        other = run["rows"]["ids"]
+        if other != ids:
+            where = next((i for i, (x, y) in enumerate(zip(ids, other)) if x != y), min(len(ids), len(other)))
+            raise ValueError(
+                f"Row ids differ between {runs[0]['path']} and {run['path']} (first at position {where}; "
+                f"{len(ids)} vs {len(other)} rows): a paired comparison needs the same eval rows in the same order."
+            )
+
+
 def _paired_matrix(runs: list[dict[str, Any]], split: str, a: str, b: str, metric: str):
     runs_a = {r["seed"]: r for r in runs_of(runs, split, a)}
     runs_b = {r["seed"]: r for r in runs_of(runs, split, b)}
@@ -309,18 +322,9 @@ def _paired_matrix(runs: list[dict[str, Any]], split: str, a: str, b: str, metri
         raise ValueError(
             f"{a!r} (seeds {sorted(runs_a)}) and {b!r} (seeds {sorted(runs_b)}) share no seed on {split}."
         )
-    reference = runs_a[seeds[0]]
-    ids = reference["rows"]["ids"]
+    check_same_rows(*(run for seed in seeds for run in (runs_a[seed], runs_b[seed])))
     values_a, values_b = [], []
     for seed in seeds:
-        for run in (runs_a[seed], runs_b[seed]):
-            if run["rows"]["ids"] != ids:
-                other = run["rows"]["ids"]
-                where = next((i for i, (x, y) in enumerate(zip(ids, other)) if x != y), min(len(ids), len(other)))
-                raise ValueError(
-                    f"Row ids differ between {reference['path']} and {run['path']} (first at position {where}; "
-                    f"{len(ids)} vs {len(other)} rows): a paired comparison needs the same eval rows in the same order."
-                )
         va, vb = row_values(runs_a[seed], metric), row_values(runs_b[seed], metric)
         if va is None or vb is None:
             missing = runs_a[seed] if va is None else runs_b[seed]
@@ -402,6 +406,45 @@ def paired_bootstrap(
         seed_mean=seed_mean,
         seed_sigma=seed_sigma,
     )
+
+
+def run_difference(
+    a: dict[str, Any], b: dict[str, Any], metric: str, n_boot: int = 10000, seed: int = 0
+) -> dict[str, Any] | None:
+    """
+    `a - b` on `metric` for two single runs (any methods, seeds or folders), paired by eval row: what
+    [`paired_bootstrap`] gives for one seed, for runs it cannot pair by method and seed (two seeds of one method, two
+    precisions of one run).
+
+    Returns:
+        `{"a", "b", "diff", "ci95", "rows"}` (the means, their difference and its 95% bootstrap interval), or `None`
+        when either run has no per-row data for `metric`. Raises `ValueError` when the row ids differ.
+    """
+    check_same_rows(a, b)
+    va, vb = row_values(a, metric), row_values(b, metric)
+    if va is None or vb is None:
+        return None
+    low, high = bootstrap_interval(va - vb, n_boot=n_boot, seed=seed)
+    return {"a": float(va.mean()), "b": float(vb.mean()), "diff": float((va - vb).mean()), "ci95": [low, high],
+            "rows": int(va.size)}  # fmt: skip
+
+
+def rank_agreement(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """
+    How alike two runs rank each row's target among its candidates (rank 1 = first), paired by eval row: the share
+    of rows at the same rank, within one place, the mean absolute difference of the ranks and their correlation.
+    Raises `ValueError` when the row ids differ.
+    """
+    check_same_rows(a, b)
+    ra, rb = (np.asarray(run["rows"]["target_rank"], dtype=np.float64) for run in (a, b))
+    gap = np.abs(ra - rb)
+    return {
+        "rows": int(gap.size),
+        "same_rank": float((gap == 0).mean()),
+        "within_one": float((gap <= 1).mean()),
+        "mean_abs_rank_diff": float(gap.mean()),
+        "rank_correlation": float(np.corrcoef(ra, rb)[0, 1]),
+    }
 
 
 def compare_methods(
