@@ -103,13 +103,25 @@ def test_preset_deep_merges_over_the_top_level(tmp_path):
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
 
 
-@pytest.mark.parametrize("folder, at_least", [("movielens", 25), ("movielens-study", 25), ("movielens-precision", 2)])
-def test_every_committed_run_is_what_its_preset_says_today(folder, at_least):
-    """The committed results are reproducible from the committed study file: an edit of a preset that changes the
-    settings of a run it already produced (a rate pasted into the wrong preset) fails here."""
+@pytest.mark.parametrize(
+    "folder, at_least, changes",
+    [
+        ("movielens", 25, {}),
+        ("movielens-study", 25, {}),
+        ("movielens-precision", 2, {}),
+        # The one change its README states: each seed trains its own SFT model
+        ("movielens-sft-seed", 1, {"sft_seed": None}),
+    ],
+)
+def test_every_committed_run_is_what_its_preset_says_today(folder, at_least, changes):
+    """The committed results are reproducible from the committed study file (with the changes a side folder's README
+    states): an edit of a preset that changes the settings of a run it already produced (a rate pasted into the wrong
+    preset) fails here."""
     runs = load_study(ROOT / "examples" / "results" / folder)
     for run in runs:
         config = load_experiment_config(MOVIELENS_YAML, preset=run["preset"])
+        for key, value in changes.items():
+            setattr(config, key, value)
         config = runner.resolve_start(for_split(config, run["split"]))[0]
         settings = records.json_safe(records.run_settings(config, config.methods[run["method"]], run["seed"]))
         assert settings == run["config"], (run["preset"], run["split"], run["method"], run["seed"])
@@ -125,43 +137,61 @@ def _flat(value, key=""):
     return {key: value}
 
 
-def test_the_committed_precision_comparison_is_what_its_runs_give(tmp_path, monkeypatch, capsys):
-    """examples/results/movielens-precision/comparison.json (quoted in the READMEs) is recomputed from the committed
-    run JSONs: a run replaced without rerunning the script, or a script edit that changes its figures, fails here."""
-    spec = importlib.util.spec_from_file_location("precision", ROOT / "examples/scripts/precision_compare.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def _recomputed_comparison(script: str, folder: str, tmp_path, monkeypatch) -> dict:
+    """Run examples/scripts/<script> into tmp_path and check its output equals <folder>/comparison.json (quoted in the
+    READMEs): a run replaced without rerunning the script, or a script edit that changes its figures, fails here."""
+    spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / "examples/scripts" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     monkeypatch.chdir(ROOT)  # the script's folders are relative to the repository root
-    monkeypatch.setattr(sys, "argv", ["precision_compare.py", "--output", str(tmp_path / "comparison.json")])
-    script.main()
+    monkeypatch.setattr(sys, "argv", [script, "--output", str(tmp_path / "comparison.json")])
+    module.main()
     fresh = _flat(json.loads((tmp_path / "comparison.json").read_text()))
-    committed = _flat(json.loads((ROOT / "examples/results/movielens-precision/comparison.json").read_text()))
-    assert fresh.keys() == committed.keys()
-    for key, value in committed.items():
+    committed = json.loads((ROOT / "examples/results" / folder / "comparison.json").read_text())
+    assert fresh.keys() == _flat(committed).keys()
+    for key, value in _flat(committed).items():
         # means of 1,000 row values in float64: rounding differs across CPUs far below 1e-12
         assert fresh[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+    return committed
+
+
+def _metrics(path: str) -> dict:
+    return json.loads((ROOT / path).read_text())["metrics"]
+
+
+def test_the_committed_precision_comparison_is_what_its_runs_give(tmp_path, monkeypatch, capsys):
+    comparison = _recomputed_comparison("precision_compare.py", "movielens-precision", tmp_path, monkeypatch)
     out = capsys.readouterr().out
     assert "sft-4k seed 0 on valid" in out and "sdpo-lr1e-4 seed 0 on valid" in out
     # The per-row figures agree with the aggregates the evaluation recorded in each run JSON (computed apart from the
     # per-row values the script reads): a mean over the wrong rows, or an effect against the wrong SFT run, fails here.
-    comparison = json.loads((ROOT / "examples/results/movielens-precision/comparison.json").read_text())
     effects = 0
     for pair in comparison["fp32_vs_bf16"].values():
-        fp32, bf16 = (json.loads((ROOT / pair[key]).read_text())["metrics"] for key in ("fp32_run", "bf16_run"))
+        fp32, bf16 = _metrics(pair["fp32_run"]), _metrics(pair["bf16_run"])
         for metric, m in pair["metrics"].items():
             kind, name = metric.split("/")
             assert (m["fp32"], m["bf16"]) == (pytest.approx(fp32[kind][name]), pytest.approx(bf16[kind][name])), metric
         if "preference_effect" in pair:
             effects += 1
-            sft32, sft16 = (
-                json.loads((ROOT / path).read_text())["metrics"] for path in pair["preference_effect"]["sft_runs"]
-            )
+            sft32, sft16 = map(_metrics, pair["preference_effect"]["sft_runs"])
             for metric, m in pair["preference_effect"]["metrics"].items():
                 kind, name = metric.split("/")
                 e32, e16 = fp32[kind][name] - sft32[kind][name], bf16[kind][name] - sft16[kind][name]
                 assert m["fp32"]["mean"] == pytest.approx(e32, abs=1e-12), metric
                 assert m["fp32_minus_bf16"]["mean"] == pytest.approx(e32 - e16, abs=1e-12), metric
     assert effects == 1
+
+
+def test_the_committed_sft_seed_comparison_is_what_its_runs_give(tmp_path, monkeypatch, capsys):
+    comparison = _recomputed_comparison("sft_seed_compare.py", "movielens-sft-seed", tmp_path, monkeypatch)
+    assert "sft-4k on valid: SFT seed 1 - SFT seed 0" in capsys.readouterr().out
+    # The means agree with the aggregates each run JSON recorded (computed apart from the per-row values)
+    for pair in (*comparison["sft_seed"].values(), *comparison["preference_seed"].values()):
+        a, b = map(_metrics, pair["runs"])
+        for metric, d in pair["metrics"].items():
+            kind, name = metric.split("/")
+            assert (d["a"], d["b"]) == (pytest.approx(a[kind][name]), pytest.approx(b[kind][name])), metric
+            assert d["diff"] == pytest.approx(a[kind][name] - b[kind][name], abs=1e-12), metric
 
 
 def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):
