@@ -89,7 +89,7 @@ def sft_of(run: dict, folder: list[dict]) -> dict | None:
 
 
 def compare(fp32: dict, bf16: dict) -> dict:
-    """fp32 - bf16 on every per-row metric both runs carry, and their rank agreement."""
+    """fp32 - bf16 on every per-row metric both runs carry, their rank agreement and their training losses."""
     if (fp32["precision"], bf16["precision"]) != ("fp32", "bf16"):
         raise ValueError(f"expected fp32 vs bf16, got {fp32['precision']} ({fp32['path']}) vs {bf16['precision']}.")
     metrics = {}
