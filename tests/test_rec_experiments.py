@@ -7,6 +7,7 @@ import copy
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from trl_sdpo.rec.study.config import (
     deep_merge,
     for_split,
     load_experiment_config,
+    parse_overrides,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +103,37 @@ def test_preset_deep_merges_over_the_top_level(tmp_path):
     assert config.methods["sdpo"].settings.num_negatives == 3  # the preference defaults
     assert config.output_dir == str(tmp_path / "out")  # relative to the YAML's folder
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_set_overrides_go_over_the_preset_key_by_key(tmp_path):
+    overrides = parse_overrides(["sft.train_rows=8", "methods.sdpo-k2.learning_rate=1e-4", "sft_seed=null"])
+    # written out by hand: YAML 1.1 reads `1e-4` as text, the override reads it as the number it looks like
+    assert overrides == {"sft": {"train_rows": 8}, "methods": {"sdpo-k2": {"learning_rate": 0.0001}}, "sft_seed": None}
+    config = config_from_dict(BASE, preset="fast", folder=tmp_path, overrides=overrides)
+    assert (config.sft.steps, config.sft.train_rows) == (1, 8)  # the preset's steps kept beside the override
+    assert config.methods["sdpo-k2"].settings.learning_rate == 1e-4
+    assert config.methods["sdpo-k2"].settings.num_negatives == 2  # the variant's own key untouched
+    assert config.sft_seed is None and config.seeds == [3]
+    assert parse_overrides(["seeds=[0, 2]", "sft.steps=3", "sft.steps=4"]) == {"seeds": [0, 2], "sft": {"steps": 4}}
+
+
+@pytest.mark.parametrize(
+    "assignments, message",
+    [
+        (["sft.steps"], "--set takes KEY=VALUE"),
+        (["sft..steps=1"], "--set takes KEY=VALUE"),
+        (["sft=1", "sft.steps=2"], "`sft` was set to a value before"),
+        (["sft.steps=[1"], "is not valid YAML"),
+    ],
+)
+def test_a_bad_set_names_the_assignment(assignments, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_overrides(assignments)
+
+
+def test_a_set_key_is_checked_like_the_files_own(tmp_path):
+    with pytest.raises(ConfigError, match="Unknown config key `sft.stepz`"):
+        config_from_dict(BASE, folder=tmp_path, overrides=parse_overrides(["sft.stepz=1"]))
 
 
 @pytest.mark.parametrize(
@@ -227,6 +260,15 @@ def test_cli_dry_run_prints_the_plan(capsys):
     assert main(["experiment", "--config", str(MOVIELENS_YAML), "--preset", "cpu", "--dry-run", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
     assert "optimizer steps" in out and "sdpo" in out and "seeds [0]" in out
+
+
+def test_cli_set_changes_the_plan(capsys):
+    argv = ["experiment", "--config", str(MOVIELENS_YAML), "--preset", "smoke", "--dry-run"]
+    assert main([*argv, "--set", "seeds=[5]", "methods.sdpo.learning_rate=3e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds [5]" in out and "lr 0.0003" in out
+    assert main([*argv, "--set", "sft.stepz=1"]) == 1
+    assert "sft.stepz" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------- the runner

@@ -22,6 +22,7 @@ examples:
   trl-sdpo experiment --config examples/configs/movielens.yaml --preset cpu --split valid --dry-run
   trl-sdpo experiment --config examples/configs/movielens.yaml --preset cpu --split valid --seeds 0 --methods base,sft
   trl-sdpo experiment --config examples/configs/movielens.yaml --preset smoke --output_dir /tmp/smoke
+  trl-sdpo experiment --config examples/configs/movielens.yaml --preset smoke --set sft.steps=1 seeds=[3] --dry-run
 """
 
 
@@ -38,6 +39,8 @@ class ExperimentArguments:
         methods (`str` or `None`): Comma-separated subset of the study's methods.
         seeds (`str` or `None`): Comma-separated subset (or other list) of seeds.
         dry_run (`bool`): Print the plan and the estimated number of optimizer steps; run nothing.
+        set (`list[str]` or `None`): `KEY=VALUE` settings over the file and the preset (a variant of a study without
+            a copy of its file); every run JSON records the settings it ran with.
     """
 
     _argument_group_name = "Experiment"
@@ -51,6 +54,13 @@ class ExperimentArguments:
     methods: str | None = field(default=None, metadata={"help": "Comma-separated methods to run (default: all)."})
     seeds: str | None = field(default=None, metadata={"help": "Comma-separated seeds to run (default: the study's)."})
     dry_run: bool = field(default=False, metadata={"help": "Print the plan and estimated steps; run nothing."})
+    set: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "KEY=VALUE ... set over the file and the preset: a dotted KEY walks into a section, VALUE is "
+            "YAML (e.g. --set sft.start_rows=4096 sft_seed=null bf16=false)."
+        },
+    )
 
 
 def make_experiment_parser():
@@ -76,10 +86,10 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def run(command: str, argv: list[str]) -> int:
     (args,) = make_experiment_parser().parse_args_into_dataclasses(argv)
-    from ..rec.study.config import load_experiment_config, select
+    from ..rec.study.config import load_experiment_config, parse_overrides, select
     from ..rec.study.runner import describe_plan, run_experiment
 
-    config = load_experiment_config(args.config, preset=args.preset)
+    config = load_experiment_config(args.config, preset=args.preset, overrides=parse_overrides(args.set or []))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else None
     config = select(config, methods, seeds)

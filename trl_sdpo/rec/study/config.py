@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +237,49 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+# YAML 1.1 (what PyYAML reads) takes `1e-4` for text; an override is a number when it is written like one.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_overrides(assignments: Sequence[str]) -> dict[str, Any]:
+    """
+    `KEY=VALUE` assignments (`trl-sdpo experiment --set`) as a nested mapping to merge over a study and its preset.
+
+    A dot in KEY walks into a section (`sft.start_rows=4096`, `methods.sdpo.learning_rate=1e-4`); VALUE is read as
+    YAML (`null`, `[0, 1]`, `{steps: 2}`), and a number with an exponent (`1e-4`) is a float.
+
+    Args:
+        assignments (`Sequence[str]`): The `KEY=VALUE` strings, applied in order.
+
+    Returns:
+        `dict`: e.g. `{"sft": {"start_rows": 4096}}` for `["sft.start_rows=4096"]`.
+
+    Raises:
+        ConfigError: naming the assignment at fault.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for text in assignments:
+        key, sep, raw = text.partition("=")
+        parts = [part.strip() for part in key.split(".")]
+        if not sep or not all(parts):
+            raise ConfigError(f"--set takes KEY=VALUE with a dotted KEY (e.g. sft.start_rows=4096), got {text!r}.")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {key}: {raw!r} is not valid YAML ({error}).") from None
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            value = float(value)
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: `{'.'.join(parts[: depth + 1])}` was set to a value before.")
+        node[parts[-1]] = value
+    return out
+
+
 def _check_type(value: Any, expected: tuple[type, ...], key: str, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -367,7 +412,11 @@ def _resolve_path(value: str | None, folder: Path | None) -> str | None:
 
 
 def config_from_dict(
-    raw: dict[str, Any], preset: str | None = None, folder: str | Path | None = None, check_paths: bool = True
+    raw: dict[str, Any],
+    preset: str | None = None,
+    folder: str | Path | None = None,
+    check_paths: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
     """
     Build and validate a study from the parsed YAML mapping.
@@ -377,6 +426,7 @@ def config_from_dict(
         preset (`str`, *optional*): Name of a preset in `raw["presets"]` to deep-merge over the top level.
         folder (`str` or `Path`, *optional*): Folder that relative paths are resolved against (the YAML's).
         check_paths (`bool`, *optional*, defaults to `True`): Check that `data_dir` exists.
+        overrides (`dict`, *optional*): Values merged over the top level and the preset (see [`parse_overrides`]).
 
     Returns:
         `ExperimentConfig`.
@@ -394,6 +444,8 @@ def config_from_dict(
             )
         override = _keys(presets[preset], _TOP_KEYS - {"presets"}, f"presets.{preset}")
         values = deep_merge(values, override)
+    if overrides:  # the command line's --set, over the preset: each key is checked below like the file's own
+        values = deep_merge(values, _keys(overrides, _TOP_KEYS - {"presets"}, ""))
     folder = Path(folder) if folder is not None else None
 
     defaults = ExperimentConfig()
@@ -485,7 +537,9 @@ def _validate(config: ExperimentConfig) -> None:
             )
 
 
-def load_experiment_config(path: str | Path, preset: str | None = None, check_paths: bool = True) -> ExperimentConfig:
+def load_experiment_config(
+    path: str | Path, preset: str | None = None, check_paths: bool = True, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
     """
     Read a study YAML file, merge `preset` and validate (see [`config_from_dict`]).
 
@@ -493,6 +547,7 @@ def load_experiment_config(path: str | Path, preset: str | None = None, check_pa
         path (`str` or `Path`): The YAML file.
         preset (`str`, *optional*): A preset name of its `presets:` section.
         check_paths (`bool`, *optional*, defaults to `True`): Check that `data_dir` exists.
+        overrides (`dict`, *optional*): Values merged over the file and the preset (see [`parse_overrides`]).
 
     Returns:
         `ExperimentConfig`.
@@ -510,7 +565,7 @@ def load_experiment_config(path: str | Path, preset: str | None = None, check_pa
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}.")
     try:
         raw = _extended(raw, path, seen=(path.resolve(),))
-        return config_from_dict(raw, preset=preset, folder=path.parent, check_paths=check_paths)
+        return config_from_dict(raw, preset=preset, folder=path.parent, check_paths=check_paths, overrides=overrides)
     except ConfigError as error:
         raise ConfigError(f"{path}{f' (preset {preset})' if preset else ''}: {error}") from None
 

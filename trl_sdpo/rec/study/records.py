@@ -202,7 +202,7 @@ def check_precision(output_dir: str | Path, precision: str) -> None:
             f"{output_dir} holds LM runs trained in {found}, and this call would train in {precision} (`bf16: "
             "auto` resolves per machine: bf16 where it is native, a bf16 GPU or a CPU with AVX512_BF16 or AMX, fp32 "
             "elsewhere). Mixing them confounds precision with seed: run the rest where the same precision is "
-            "native, set `bf16` explicitly to match (emulated bf16 on a CPU without it is several times slower than "
+            "native, set `bf16` explicitly to match (`--set bf16=true`; emulated bf16 on a CPU without it is several times slower than "
             "fp32), or use another --output_dir."
         )
 
