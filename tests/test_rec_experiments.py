@@ -141,7 +141,7 @@ def test_a_set_key_is_checked_like_the_files_own(tmp_path):
     [
         ("movielens", 25, {}),
         ("movielens-study", 25, {}),
-        ("movielens-precision", 2, {}),
+        ("movielens-precision", 6, {}),
         # The one change its README states: each seed trains its own SFT model
         ("movielens-sft-seed", 1, {"sft_seed": None}),
     ],
@@ -170,8 +170,8 @@ def _flat(value, key=""):
     return {key: value}
 
 
-def _recomputed_comparison(script: str, folder: str, tmp_path, monkeypatch) -> dict:
-    """Run examples/scripts/<script> into tmp_path and check its output equals <folder>/comparison.json (quoted in the
+def _recomputed_comparison(script: str, folder: str, tmp_path, monkeypatch, name: str = "comparison.json") -> dict:
+    """Run examples/scripts/<script> into tmp_path and check its output equals <folder>/<name> (quoted in the
     READMEs): a run replaced without rerunning the script, or a script edit that changes its figures, fails here."""
     spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / "examples/scripts" / script)
     module = importlib.util.module_from_spec(spec)
@@ -180,11 +180,12 @@ def _recomputed_comparison(script: str, folder: str, tmp_path, monkeypatch) -> d
     monkeypatch.setattr(sys, "argv", [script, "--output", str(tmp_path / "comparison.json")])
     module.main()
     fresh = _flat(json.loads((tmp_path / "comparison.json").read_text()))
-    committed = json.loads((ROOT / "examples/results" / folder / "comparison.json").read_text())
+    committed = json.loads((ROOT / "examples/results" / folder / name).read_text())
     assert fresh.keys() == _flat(committed).keys()
     for key, value in _flat(committed).items():
         # means of 1,000 row values in float64: rounding differs across CPUs far below 1e-12
-        assert fresh[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+        # (a single seed's std, a baseline's generation metrics: NaN on both sides)
+        assert fresh[key] == (pytest.approx(value, rel=1e-12, nan_ok=True) if isinstance(value, float) else value), key
     return committed
 
 
@@ -225,6 +226,44 @@ def test_the_committed_sft_seed_comparison_is_what_its_runs_give(tmp_path, monke
             kind, name = metric.split("/")
             assert (d["a"], d["b"]) == (pytest.approx(a[kind][name]), pytest.approx(b[kind][name])), metric
             assert d["diff"] == pytest.approx(a[kind][name] - b[kind][name], abs=1e-12), metric
+
+
+def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatch, capsys):
+    tables = _recomputed_comparison(
+        "fp32_tables.py", "movielens-precision", tmp_path, monkeypatch, name="test-tables.json"
+    )
+    assert "== mixed: test" in capsys.readouterr().out
+    # Which runs each table holds, from the folders themselves: the mixed one every study run and the fp32 runs of
+    # the seeds the study lacks, the fp32 one the fp32 runs and the baselines that need no LM.
+    results = ROOT / "examples/results"
+    study = {
+        p.relative_to(results / "movielens-study"): p for p in (results / "movielens-study/test").glob("*/*.json")
+    }
+    fp32 = {
+        p.relative_to(results / "movielens-precision"): p
+        for p in (results / "movielens-precision/test").glob("*/*.json")
+    }
+    baselines = {k: p for k, p in study.items() if k.parts[1] in ("random", "popular", "sasrec")}
+    expected = {"mixed": {**{k: p for k, p in fp32.items() if k not in study}, **study}, "fp32": {**fp32, **baselines}}
+    for name, runs in expected.items():
+        assert sorted(tables[name]["runs"]) == sorted(str(p.relative_to(ROOT)) for p in runs.values()), name
+        # Each method's mean over its seeds agrees with the aggregates every run JSON recorded (computed apart from
+        # the per-row values the script reads)
+        for entry in tables[name]["summary"]:
+            metrics = [_metrics(str(p.relative_to(ROOT))) for k, p in runs.items() if k.parts[1] == entry["method"]]
+            assert len(metrics) == entry["n_seeds"], (name, entry["method"])
+            for metric in ("ranking/hr@1", "ranking/ndcg@5"):
+                kind, key = metric.split("/")
+                expected_mean = sum(m[kind][key] for m in metrics) / len(metrics)
+                assert entry[metric][0] == pytest.approx(expected_mean, abs=1e-12), (name, entry["method"], metric)
+    sft = _metrics("examples/results/movielens-precision/test/sft/seed0.json")
+    preference = {f"{k.parts[1]}/{k.stem.removeprefix('seed')}": p for k, p in fp32.items() if k.parts[1] != "sft"}
+    assert set(tables["effect_on_fp32_sft"]) == set(preference)
+    for run, metrics in tables["effect_on_fp32_sft"].items():
+        for metric, d in metrics.items():
+            kind, key = metric.split("/")
+            own = _metrics(str(preference[run].relative_to(ROOT)))
+            assert d["diff"] == pytest.approx(own[kind][key] - sft[kind][key], abs=1e-12), (run, metric)
 
 
 def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):

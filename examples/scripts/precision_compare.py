@@ -1,7 +1,8 @@
 """
 Does the precision change what the MovieLens study measures? Every run in examples/results/movielens-precision/ (fp32,
 on an AVX2-only CPU) beside the run of the same method, seed and split in examples/results/movielens-study/ (bf16
-autocast, AVX512_BF16), paired on their eval rows. From the repository root:
+autocast, AVX512_BF16), paired on their eval rows (a `test` run of a seed the study lacks, its seed 2, has no partner:
+it is listed as fp32 only, for examples/scripts/fp32_tables.py). From the repository root:
 
     python examples/scripts/precision_compare.py [--output examples/results/movielens-precision/comparison.json]
 
@@ -83,9 +84,10 @@ def preference_effect(pref32: dict, sft32: dict, pref16: dict, sft16: dict) -> d
 
 
 def sft_of(run: dict, folder: list[dict]) -> dict | None:
-    """The SFT run of `folder` that evaluated the SFT model `run`'s preference stage started from."""
-    return next((r for r in folder if r["kind"] == "sft" and (r["split"], r["seed"], r["sft_checkpoint"])
-                 == (run["split"], run["seed"], run["sft_checkpoint"])), None)  # fmt: skip
+    """The SFT run of `folder` that evaluated the SFT model `run`'s preference stage started from (by checkpoint, not
+    seed: every preference seed of a study starts from its one SFT model, evaluated as `sft` seed 0)."""
+    return next((r for r in folder if r["kind"] == "sft" and (r["split"], r["sft_checkpoint"])
+                 == (run["split"], run["sft_checkpoint"])), None)  # fmt: skip
 
 
 def compare(fp32: dict, bf16: dict) -> dict:
@@ -106,11 +108,16 @@ def main() -> None:
     args = parser.parse_args()
     study_runs, precision_runs = load_study(STUDY), load_study(PRECISION)
     study = {(r["split"], r["method"], r["seed"]): r for r in study_runs}
-    pairs = {}
+    pairs, fp32_only = {}, []
     for run in precision_runs:
         key = (run["split"], run["method"], run["seed"])
         if key not in study:
-            raise SystemExit(f"{run['path']}: the study has no {key[1]} seed {key[2]} on {key[0]} to compare with.")
+            # A seed the study lacks (its test seed 2): no bf16 partner; examples/scripts/fp32_tables.py uses it
+            if run["split"] != "test" or run.get("precision") != "fp32":
+                raise SystemExit(f"{run['path']}: the study has no {key[1]} seed {key[2]} on {key[0]} to compare with.")
+            fp32_only.append(str(run["path"]))
+            print(f"== {key[1]} seed {key[2]} on {key[0]}: fp32 only (the study has no bf16 run to pair it with)")
+            continue
         pairs["/".join(map(str, key))] = result = compare(run, study[key])
         sft32, sft16 = sft_of(run, precision_runs), sft_of(study[key], study_runs)
         if run.get("heldout") and sft32 and sft16:
@@ -136,7 +143,7 @@ def main() -> None:
             study[(split, method, s1)], study[(split, method, s0)]
         )
         print(f"== scale: {method} seed {s1} vs seed {s0} on {split} (both bf16): {json.dumps(agree)}")
-    Path(args.output).write_text(json.dumps({"fp32_vs_bf16": pairs, "seed_to_seed": scale}, indent=1) + "\n")
+    Path(args.output).write_text(json.dumps({"fp32_vs_bf16": pairs, "fp32_only": fp32_only, "seed_to_seed": scale}, indent=1) + "\n")
     print(f"written: {args.output}")
 
 

@@ -1,0 +1,111 @@
+"""
+The MovieLens study's `test` table with fp32 runs in it, from examples/results/movielens-precision/ (fp32 on an
+AVX2-only CPU, every preference run from the fp32 SFT model) and examples/results/movielens-study/ (bf16 autocast,
+AVX512_BF16). Neither table is the study's: the study keeps to one precision and its folder refuses fp32 runs. They
+show whoever decides how to complete the study (issue 17) what each way would say. From the repository root:
+
+    python examples/scripts/fp32_tables.py [--output examples/results/movielens-precision/test-tables.json]
+
+It prints and records two tables, each with its summary, its paired comparisons (the claim's orderings and S-DPO
+against most-popular) and its claim check, beside the study's own claim check:
+
+- `mixed`: the study's runs and the fp32 runs of the (method, seed) pairs the study lacks (its seed 2): three seeds in
+  two precisions, from two SFT models (the bf16 one and its fp32 retrain, same seed, rows and order);
+- `fp32`: the fp32 runs alone (the SFT model and every seed of the preference stage run so far) with the study's
+  baselines that need no LM (random, most-popular, SASRec).
+
+And each fp32 preference run's effect on the fp32 SFT model it started from, per row, with a 95% interval.
+"""
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from trl_sdpo.rec.study import (
+    BASELINE_METHODS,
+    CLAIM_METRICS,
+    COMPARISONS,
+    compare_methods,
+    load_study,
+    run_difference,
+    summary_table,
+)
+from trl_sdpo.rec.study.claims import claim_check
+
+STUDY, PRECISION = "examples/results/movielens-study", "examples/results/movielens-precision"
+SPLIT = "test"
+# The claim's orderings, and S-DPO against the baseline it must beat
+ORDERINGS = [*COMPARISONS, ("sdpo", "popular")]
+SHOWN = ("generation/hr@1", "generation/valid_ratio", "ranking/hr@1", "ranking/ndcg@5")
+
+
+def table(runs: list[dict]) -> dict:
+    """Summary, paired comparisons and claim check of `runs` on `test`."""
+    return {
+        "runs": sorted(str(r["path"]) for r in runs),
+        "summary": summary_table(runs, SPLIT),
+        "comparisons": [dataclasses.asdict(c) for c in compare_methods(runs, SPLIT, pairs=ORDERINGS)],
+        "claims": verdicts(runs),
+    }
+
+
+def verdicts(runs: list[dict]) -> list[dict]:
+    """The claim check on `test`, one dict per part (name, verdict, evidence)."""
+    return [{"name": p.name, "verdict": p.verdict, "evidence": p.evidence} for p in claim_check(runs, SPLIT)]
+
+
+def effects_on_sft(fp32: list[dict]) -> dict:
+    """Each fp32 preference run's effect on the fp32 SFT model it started from ({"method/seed": {metric: diff}})."""
+    sft = {r["sft_checkpoint"]: r for r in fp32 if r["kind"] == "sft"}
+    return {
+        f"{r['method']}/{r['seed']}": {m: run_difference(r, sft[r["sft_checkpoint"]], m) for m in CLAIM_METRICS}
+        for r in fp32
+        if r["kind"] != "sft" and r["sft_checkpoint"] in sft
+    }
+
+
+def show(title: str, result: dict) -> None:
+    print(f"== {title}")
+    for entry in result["summary"]:
+        cells = (f"{name} {entry[name][0]:.4f} ± {entry[name][1]:.4f}" for name in SHOWN)
+        print(f"  {entry['method']:14s} seeds {entry['seeds']}: {', '.join(cells)}")
+    for c in result["comparisons"]:
+        seeds = ", ".join(f"{s}: {d:+.4f}" for s, d in c["per_seed_diff"].items())
+        print(f"  {c['a']} - {c['b']} {c['metric']}: {c['mean_diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+              f" (per seed {seeds})")  # fmt: skip
+    for part in result["claims"]:
+        print(f"  claim: {part['name']}: {part['verdict']}. {part['evidence']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default=f"{PRECISION}/test-tables.json")
+    args = parser.parse_args()
+    study = [r for r in load_study(STUDY) if r["split"] == SPLIT]
+    fp32 = [r for r in load_study(PRECISION) if r["split"] == SPLIT]
+    if bad := [str(r["path"]) for r in fp32 if r.get("precision") != "fp32"]:
+        raise SystemExit(f"expected fp32 runs only in {PRECISION}/{SPLIT}: {bad}")
+    held = {(r["method"], r["seed"]) for r in study}
+    baselines = [r for r in study if r["kind"] in BASELINE_METHODS]
+    result = {
+        "mixed": table(study + [r for r in fp32 if (r["method"], r["seed"]) not in held]),
+        "fp32": table(fp32 + baselines),
+        "study_claims": verdicts(study),
+        "effect_on_fp32_sft": effects_on_sft(fp32),
+    }
+    show(f"mixed: {SPLIT}, the study's runs (bf16) + fp32 runs of the seeds it lacks", result["mixed"])
+    show(f"fp32: {SPLIT}, the fp32 runs alone, with the baselines that need no LM", result["fp32"])
+    print("== claim check of the study alone (bf16)")
+    for part in result["study_claims"]:
+        print(f"  {part['name']}: {part['verdict']}. {part['evidence']}")
+    print("== each fp32 preference run's effect on the fp32 SFT model")
+    for name, metrics in result["effect_on_fp32_sft"].items():
+        for metric, d in metrics.items():
+            print(f"  {name} {metric}: {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written: {args.output}")
+
+
+if __name__ == "__main__":
+    main()
