@@ -114,7 +114,9 @@ def main() -> None:
         if key not in study:
             # A seed the study lacks (its test seed 2): no bf16 partner; examples/scripts/fp32_tables.py uses it
             if run["split"] != "test" or run.get("precision") != "fp32":
-                raise SystemExit(f"{run['path']}: the study has no {key[1]} seed {key[2]} on {key[0]} to compare with.")
+                raise SystemExit(
+                    f"{run['path']}: the study has no {key[1]} seed {key[2]} on {key[0]} to compare with."
+                )
             fp32_only.append(str(run["path"]))
             print(f"== {key[1]} seed {key[2]} on {key[0]}: fp32 only (the study has no bf16 run to pair it with)")
             continue
@@ -143,7 +145,9 @@ def main() -> None:
             study[(split, method, s1)], study[(split, method, s0)]
         )
         print(f"== scale: {method} seed {s1} vs seed {s0} on {split} (both bf16): {json.dumps(agree)}")
-    Path(args.output).write_text(json.dumps({"fp32_vs_bf16": pairs, "fp32_only": fp32_only, "seed_to_seed": scale}, indent=1) + "\n")
+    Path(args.output).write_text(
+        json.dumps({"fp32_vs_bf16": pairs, "fp32_only": fp32_only, "seed_to_seed": scale}, indent=1) + "\n"
+    )
     print(f"written: {args.output}")
 
 
