@@ -313,7 +313,9 @@ def test_cli_set_changes_the_plan(capsys):
     out = capsys.readouterr().out
     assert "seeds [5]" in out and "lr 0.0003" in out
     assert main([*argv, "--set", "sft.stepz=1"]) == 1
-    assert "sft.stepz" in capsys.readouterr().err
+    assert "`sft.stepz`" in (err := capsys.readouterr().err) and "given on the command line: --set sft.stepz=1" in err
+    assert main([*argv, "--set", "sft.steps=many"]) == 1
+    assert "given on the command line: --set sft.steps=many" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------- the runner

@@ -86,10 +86,18 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def run(command: str, argv: list[str]) -> int:
     (args,) = make_experiment_parser().parse_args_into_dataclasses(argv)
-    from ..rec.study.config import load_experiment_config, parse_overrides, select
+    from ..rec.study.config import ConfigError, load_experiment_config, parse_overrides, select
     from ..rec.study.runner import describe_plan, run_experiment
 
-    config = load_experiment_config(args.config, preset=args.preset, overrides=parse_overrides(args.set or []))
+    try:
+        config = load_experiment_config(args.config, preset=args.preset, overrides=parse_overrides(args.set or []))
+    except ConfigError as error:
+        # The checks name a key as if the file held it; say when the command line set it instead
+        keys = {text: text.partition("=")[0].strip() for text in args.set or []}
+        named = [text for text, key in keys.items() if f"`{key}`" in str(error) or f"`{key}." in str(error)]
+        if named:
+            raise ConfigError(f"{error} (given on the command line: --set {named[-1]})") from None
+        raise
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else None
     config = select(config, methods, seeds)
