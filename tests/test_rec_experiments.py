@@ -29,6 +29,8 @@ from trl_sdpo.rec.study.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS_YAML = ROOT / "examples" / "configs" / "movielens.yaml"
+# The MovieLens study's baselines (no LM): the same runs in its bf16 and its fp32 folder
+BASELINES = ("random", "popular", "sasrec")
 needs_recbole = pytest.mark.skipif(
     importlib.util.find_spec("recbole") is None, reason="MovieLens-100K ships in the recbole wheel (not installed)"
 )
@@ -141,7 +143,8 @@ def test_a_set_key_is_checked_like_the_files_own(tmp_path):
     [
         ("movielens", 25, {}),
         ("movielens-study", 25, {}),
-        ("movielens-precision", 9, {}),
+        ("movielens-precision", 3, {}),
+        ("movielens-study-fp32", 15, {}),
         # The one change its README states: each seed trains its own SFT model
         ("movielens-sft-seed", 1, {"sft_seed": None}),
     ],
@@ -240,17 +243,14 @@ def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatc
     )
     assert "== mixed: test" in capsys.readouterr().out
     # Which runs each table holds, from the folders themselves: the mixed one every study run and the fp32 runs of
-    # the seeds the study lacks, the fp32 one the fp32 runs and the baselines that need no LM.
+    # the seeds the study lacks, the fp32 one every run of the fp32 study's folder.
     results = ROOT / "examples/results"
-    study = {
-        p.relative_to(results / "movielens-study"): p for p in (results / "movielens-study/test").glob("*/*.json")
-    }
-    fp32 = {
-        p.relative_to(results / "movielens-precision"): p
-        for p in (results / "movielens-precision/test").glob("*/*.json")
-    }
-    baselines = {k: p for k, p in study.items() if k.parts[1] in ("random", "popular", "sasrec")}
-    expected = {"mixed": {**{k: p for k, p in fp32.items() if k not in study}, **study}, "fp32": {**fp32, **baselines}}
+    study, fp32 = (
+        {p.relative_to(results / name): p for p in (results / name / "test").glob("*/*.json")}
+        for name in ("movielens-study", "movielens-study-fp32")
+    )
+    lm = {k: p for k, p in fp32.items() if k.parts[1] not in BASELINES}
+    expected = {"mixed": {**{k: p for k, p in lm.items() if k not in study}, **study}, "fp32": fp32}
     for name, runs in expected.items():
         assert sorted(tables[name]["runs"]) == sorted(str(p.relative_to(ROOT)) for p in runs.values()), name
         # Each method's mean over its seeds agrees with the aggregates every run JSON recorded (computed apart from
@@ -262,14 +262,28 @@ def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatc
                 kind, key = metric.split("/")
                 expected_mean = sum(m[kind][key] for m in metrics) / len(metrics)
                 assert entry[metric][0] == pytest.approx(expected_mean, abs=1e-12), (name, entry["method"], metric)
-    sft = _metrics("examples/results/movielens-precision/test/sft/seed0.json")
-    preference = {f"{k.parts[1]}/{k.stem.removeprefix('seed')}": p for k, p in fp32.items() if k.parts[1] != "sft"}
+    sft = _metrics("examples/results/movielens-study-fp32/test/sft/seed0.json")
+    preference = {f"{k.parts[1]}/{k.stem.removeprefix('seed')}": p for k, p in lm.items() if k.parts[1] != "sft"}
     assert set(tables["effect_on_fp32_sft"]) == set(preference)
     for run, metrics in tables["effect_on_fp32_sft"].items():
         for metric, d in metrics.items():
             kind, key = metric.split("/")
             own = _metrics(str(preference[run].relative_to(ROOT)))
             assert d["diff"] == pytest.approx(own[kind][key] - sft[kind][key], abs=1e-12), (run, metric)
+
+
+def test_the_fp32_study_keeps_to_fp32_and_shares_the_studys_baselines():
+    """examples/results/movielens-study-fp32/ is the study's `test` table in fp32: every LM run recorded fp32 (the
+    runner's precision check guards a folder only while it runs), and its baselines (no LM, no precision) are the
+    bf16 study's runs byte for byte, so the two tables compare against the same baselines."""
+    results = ROOT / "examples/results"
+    runs = sorted((results / "movielens-study-fp32/test").glob("*/*.json"))
+    baselines = [p for p in runs if p.parent.name in BASELINES]
+    assert {p.parent.name for p in baselines} == set(BASELINES)
+    for path in baselines:
+        assert path.read_bytes() == (results / "movielens-study" / path.relative_to(path.parents[2])).read_bytes()
+    lm = [p for p in runs if p not in baselines]
+    assert lm and all(json.loads(p.read_text())["precision"] == "fp32" for p in lm)
 
 
 def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):

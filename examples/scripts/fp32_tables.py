@@ -1,8 +1,8 @@
 """
-The MovieLens study's `test` table with fp32 runs in it, from examples/results/movielens-precision/ (fp32 on an
+The MovieLens study's `test` table with fp32 runs in it, from examples/results/movielens-study-fp32/ (fp32 on an
 AVX2-only CPU, every preference run from the fp32 SFT model) and examples/results/movielens-study/ (bf16 autocast,
-AVX512_BF16). Neither table is the study's: the study keeps to one precision and its folder refuses fp32 runs. They
-show whoever decides how to complete the study (issue 17) what each way would say. From the repository root:
+AVX512_BF16). Each folder keeps to one precision (the runner refuses to mix them); this shows what each way of
+completing the study (issue 17) says, beside the other. From the repository root:
 
     python examples/scripts/fp32_tables.py [--output examples/results/movielens-precision/test-tables.json]
 
@@ -11,8 +11,8 @@ against most-popular) and its claim check, beside the study's own claim check:
 
 - `mixed`: the study's runs and the fp32 runs of the (method, seed) pairs the study lacks (its seed 2): three seeds in
   two precisions, from two SFT models (the bf16 one and its fp32 retrain, same seed, rows and order);
-- `fp32`: the fp32 runs alone (the SFT model and every seed of the preference stage run so far) with the study's
-  baselines that need no LM (random, most-popular, SASRec).
+- `fp32`: the fp32 study's folder: its fp32 runs (the SFT model and every seed of the preference stage run so far)
+  and the baselines that need no LM (random, most-popular, SASRec: the bf16 study's runs, copied).
 
 And each fp32 preference run's effect on the fp32 SFT model it started from, per row, with a 95% interval.
 """
@@ -34,6 +34,7 @@ from trl_sdpo.rec.study import (
 from trl_sdpo.rec.study.claims import claim_check
 
 STUDY, PRECISION = "examples/results/movielens-study", "examples/results/movielens-precision"
+FP32_STUDY = "examples/results/movielens-study-fp32"
 SPLIT = "test"
 # The claim's orderings, and S-DPO against the baseline it must beat
 ORDERINGS = [*COMPARISONS, ("sdpo", "popular")]
@@ -83,19 +84,19 @@ def main() -> None:
     parser.add_argument("--output", default=f"{PRECISION}/test-tables.json")
     args = parser.parse_args()
     study = [r for r in load_study(STUDY) if r["split"] == SPLIT]
-    fp32 = [r for r in load_study(PRECISION) if r["split"] == SPLIT]
+    folder = [r for r in load_study(FP32_STUDY) if r["split"] == SPLIT]
+    fp32 = [r for r in folder if r["kind"] not in BASELINE_METHODS]
     if bad := [str(r["path"]) for r in fp32 if r.get("precision") != "fp32"]:
-        raise SystemExit(f"expected fp32 runs only in {PRECISION}/{SPLIT}: {bad}")
+        raise SystemExit(f"expected fp32 LM runs only in {FP32_STUDY}/{SPLIT}: {bad}")
     held = {(r["method"], r["seed"]) for r in study}
-    baselines = [r for r in study if r["kind"] in BASELINE_METHODS]
     result = {
         "mixed": table(study + [r for r in fp32 if (r["method"], r["seed"]) not in held]),
-        "fp32": table(fp32 + baselines),
+        "fp32": table(folder),
         "study_claims": verdicts(study),
         "effect_on_fp32_sft": effects_on_sft(fp32),
     }
     show(f"mixed: {SPLIT}, the study's runs (bf16) + fp32 runs of the seeds it lacks", result["mixed"])
-    show(f"fp32: {SPLIT}, the fp32 runs alone, with the baselines that need no LM", result["fp32"])
+    show(f"fp32: {SPLIT}, the fp32 study (its LM runs in fp32, the baselines that need no LM)", result["fp32"])
     print("== claim check of the study alone (bf16)")
     for part in result["study_claims"]:
         print(f"  {part['name']}: {part['verdict']}. {part['evidence']}")

@@ -1,8 +1,9 @@
 """
-Does the precision change what the MovieLens study measures? Every run in examples/results/movielens-precision/ (fp32,
-on an AVX2-only CPU) beside the run of the same method, seed and split in examples/results/movielens-study/ (bf16
-autocast, AVX512_BF16), paired on their eval rows (a `test` run of a seed the study lacks, its seed 2, has no partner:
-it is listed as fp32 only, for examples/scripts/fp32_tables.py). From the repository root:
+Does the precision change what the MovieLens study measures? Every fp32 LM run (on an AVX2-only CPU) in
+examples/results/movielens-precision/ (`valid`) and examples/results/movielens-study-fp32/ (`test`) beside the run of
+the same method, seed and split in examples/results/movielens-study/ (bf16 autocast, AVX512_BF16), paired on their eval
+rows (a `test` run of a seed the study lacks, its seed 2, has no partner: it is listed as fp32 only, for
+examples/scripts/fp32_tables.py). From the repository root:
 
     python examples/scripts/precision_compare.py [--output examples/results/movielens-precision/comparison.json]
 
@@ -34,6 +35,7 @@ from trl_sdpo.rec.study.analysis import (
 )
 
 PRECISION, STUDY = "examples/results/movielens-precision", "examples/results/movielens-study"
+FP32_STUDY = "examples/results/movielens-study-fp32"
 # Seed pairs of the study that show its own run-to-run spread (the preference stage's seed, one SFT model)
 SEED_PAIRS = [("test", "dpo", 0, 1), ("test", "sdpo", 0, 1)]
 
@@ -106,7 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default=f"{PRECISION}/comparison.json")
     args = parser.parse_args()
-    study_runs, precision_runs = load_study(STUDY), load_study(PRECISION)
+    study_runs = load_study(STUDY)
+    # The fp32 study's baselines are the bf16 study's runs (no LM, so no precision): nothing to compare
+    precision_runs = [r for r in load_study(PRECISION) + load_study(FP32_STUDY) if r.get("precision")]
     study = {(r["split"], r["method"], r["seed"]): r for r in study_runs}
     pairs, fp32_only = {}, []
     for run in precision_runs:
