@@ -272,6 +272,37 @@ def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatc
             assert d["diff"] == pytest.approx(own[kind][key] - sft[kind][key], abs=1e-12), (run, metric)
 
 
+def _sitting_hours(paths) -> tuple[float, float]:
+    """SFT and preference training hours from the sittings the runs recorded (each sitting once, by its start time,
+    however many runs share its model), apart from the stage timers `compute_hours` reads."""
+    sft, preference = {}, {}
+    for path in paths:
+        run = json.loads(path.read_text())
+        sft.update({s["started"]: s["seconds"] for s in run.get("sft_sittings") or []})
+        if run["kind"] in ("sft-continued", "dpo", "sdpo"):
+            preference.update({s["started"]: s["seconds"] for s in run.get("sittings") or []})
+    return sum(sft.values()) / 3600, sum(preference.values()) / 3600
+
+
+def test_the_fp32_tables_count_every_training_once():
+    hours = json.loads((ROOT / "examples/results/movielens-precision/test-tables.json").read_text())["compute_hours"]
+    results = ROOT / "examples/results"
+    folders = {
+        "fp32 test table": list((results / "movielens-study-fp32/test").glob("*/*.json")),
+        "bf16 study, valid and test": list((results / "movielens-study").glob("*/*/*.json")),
+        "bf16 study, valid only": list((results / "movielens-study/valid").glob("*/*.json")),
+    }
+    for name, paths in folders.items():
+        (entry,) = [value for key, value in hours.items() if key.startswith(name)]
+        # A sitting's record (start to end) and the stage's own timer differ by the seconds it takes to set up: 36 s
+        sft, preference = _sitting_hours(paths)
+        assert (entry["sft"], entry["preference"]) == (
+            pytest.approx(sft, abs=0.01),
+            pytest.approx(preference, abs=0.01),
+        )
+        assert entry["total"] == pytest.approx(sum(entry[k] for k in ("sft", "preference", "baselines", "evaluation")))
+
+
 def test_the_fp32_study_keeps_to_fp32_and_shares_the_studys_baselines():
     """examples/results/movielens-study-fp32/ is the study's `test` table in fp32: every LM run recorded fp32 (the
     runner's precision check guards a folder only while it runs), and its baselines (no LM, no precision) are the

@@ -14,7 +14,8 @@ against most-popular) and its claim check, beside the study's own claim check:
 - `fp32`: the fp32 study's folder: its fp32 runs (the SFT model and every seed of the preference stage run so far)
   and the baselines that need no LM (random, most-popular, SASRec: the bf16 study's runs, copied).
 
-And each fp32 preference run's effect on the fp32 SFT model it started from, per row, with a 95% interval.
+And each fp32 preference run's effect on the fp32 SFT model it started from, per row, with a 95% interval; and what
+each table cost to compute (`compute_hours`), the bf16 study's selection on `valid` included.
 """
 
 import argparse
@@ -66,6 +67,30 @@ def effects_on_sft(fp32: list[dict]) -> dict:
     }
 
 
+def compute_hours(runs: list[dict]) -> dict:
+    """
+    What `runs` cost in hours, from what each run JSON recorded, every model trained once: an SFT run by its checkpoint
+    folder (the points of a curve are one run, whose `sft_train_s` is cumulative: its largest value), a preference
+    model by `trained_model` (a valid run and the test run that reuses its model share it; the time includes the
+    reference pass), the baselines' fitting, and every run's evaluation (ranking and generation).
+    """
+    sft, preference, baselines, evaluation = {}, {}, 0.0, 0.0
+    for run in runs:
+        timings = run["timings_s"]
+        evaluation += (timings.get("eval_ranking") or 0.0) + (timings.get("eval_generation") or 0.0)
+        if run["kind"] in BASELINE_METHODS:
+            baselines += timings.get("train") or 0.0
+        elif run["kind"] != "base":
+            folder = str(Path(run["sft_checkpoint"]).parent)
+            sft[folder] = max(sft.get(folder, 0.0), run["sft_train_s"])
+            if run["kind"] != "sft":
+                preference[run["trained_model"]] = timings["train"]
+    hours = {"sft": sum(sft.values()), "preference": sum(preference.values()), "baselines": baselines,
+             "evaluation": evaluation}  # fmt: skip
+    hours = {key: value / 3600 for key, value in hours.items()}
+    return {**hours, "total": sum(hours.values()), "sft_runs": len(sft), "preference_models": len(preference)}
+
+
 def show(title: str, result: dict) -> None:
     print(f"== {title}")
     for entry in result["summary"]:
@@ -89,11 +114,17 @@ def main() -> None:
     if bad := [str(r["path"]) for r in fp32 if r.get("precision") != "fp32"]:
         raise SystemExit(f"expected fp32 LM runs only in {FP32_STUDY}/{SPLIT}: {bad}")
     held = {(r["method"], r["seed"]) for r in study}
+    study_all = load_study(STUDY)
     result = {
         "mixed": table(study + [r for r in fp32 if (r["method"], r["seed"]) not in held]),
         "fp32": table(folder),
         "study_claims": verdicts(study),
         "effect_on_fp32_sft": effects_on_sft(fp32),
+        "compute_hours": {
+            "fp32 test table (AVX2 CPU; the copied baselines' fitting on the AVX-512 one)": compute_hours(folder),
+            "bf16 study, valid and test (AVX-512 CPU)": compute_hours(study_all),
+            "bf16 study, valid only": compute_hours([r for r in study_all if r["split"] == "valid"]),
+        },
     }
     show(f"mixed: {SPLIT}, the study's runs (bf16) + fp32 runs of the seeds it lacks", result["mixed"])
     show(f"fp32: {SPLIT}, the fp32 study (its LM runs in fp32, the baselines that need no LM)", result["fp32"])
@@ -104,6 +135,10 @@ def main() -> None:
     for name, metrics in result["effect_on_fp32_sft"].items():
         for metric, d in metrics.items():
             print(f"  {name} {metric}: {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+    print("== compute, hours (every model trained once, every evaluation)")
+    for name, hours in result["compute_hours"].items():
+        print(f"  {name}: " + ", ".join(f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
+                                        for key, value in hours.items()))  # fmt: skip
     Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {args.output}")
 
