@@ -259,3 +259,18 @@ def test_demo_prints_the_committed_experiment_table_only_when_test_runs_exist(tm
     # ranking HR@1 per seed 1/4, 2/4, 0/4: mean 0.25, sample std 0.25
     assert "| sdpo | 3 |" in summary and "0.2500 ± 0.2500" in summary
     assert "Not tested: the preference stage did not move the model" in summary and "does not hold" not in summary
+    assert "; run on Test CPU 9000, AVX-512" in summary and "in fp32" not in summary  # runs that predate `precision`
+
+
+def test_the_committed_experiment_table_names_the_precision_of_its_lm_runs(tmp_path):
+    from test_rec_study import MACHINE, write_run
+
+    from trl_sdpo.commands.demo import reproduction_summary
+
+    avx2 = {**MACHINE, "cpu_model": "Slow CPU", "avx512": False, "cpu_flags": ["avx2"], "load_average": [9.0, 9, 9]}
+    for seed in (0, 1):
+        write_run(tmp_path, "test", "sdpo", seed, [1, 2, 3, 4], preset="study", precision="fp32", machine=avx2)
+        write_run(tmp_path, "test", "popular", seed, [2, 2, 2, 2], preset="study")  # baselines: no precision
+    summary = reproduction_summary(tmp_path)
+    # one machine line for both LM runs (their load is not part of it); the baselines' machine is not named
+    assert "; LM runs on Slow CPU, AVX2, no AVX-512, 2 CPUs (2 torch threads), no GPU, in fp32):" in summary

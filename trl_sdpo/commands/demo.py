@@ -136,11 +136,21 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
     verdict = describe_claims(claim_check(runs, "test")).splitlines()[0]
     return (
         f"The full experiment ({REPRODUCTION_NOTEBOOK}; preset {runs[0]['preset']!r}, test split, "
-        f"{runs[0]['metrics']['ranking']['n']} rows, mean ± std over seeds {seeds}; run on "
-        f"{describe_machine(runs[0]['machine'])}):\n\n"
+        f"{runs[0]['metrics']['ranking']['n']} rows, mean ± std over seeds {seeds}; {_where(runs)}):\n\n"
         + summary_markdown(summary_table(runs, "test"))
         + f"\n\nClaim check (S-DPO > DPO > SFT-continued, ValidRatio >= 0.95, S-DPO > most-popular). {verdict}"
     )
+
+
+def _where(runs: list[dict[str, Any]]) -> str:
+    """Where the LM runs of a table ran and in which precision, e.g. `"LM runs on AMD EPYC, AVX2, no AVX-512, 2 CPUs (2
+    torch threads), no GPU, in fp32"`: the same preset gives other numbers in bf16 than in fp32, and the baselines
+    (no LM, no precision) may have run elsewhere."""
+    lm = [run for run in runs if run.get("precision")]
+    # The load average differs from run to run; the machine does not
+    machines = sorted({describe_machine({**run["machine"], "load_average": None}) for run in lm or runs})
+    where = f"{'LM runs' if lm else 'run'} on {'; '.join(machines)}"
+    return where + (f", in {' and '.join(sorted({run['precision'] for run in lm}))}" if lm else "")
 
 
 def paired_ranks(results: dict[str, Any], first: str = "sft", second: str = "s-dpo") -> str | None:
