@@ -108,13 +108,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default=f"{PRECISION}/test-tables.json")
     args = parser.parse_args()
-    study = [r for r in load_study(STUDY) if r["split"] == SPLIT]
+    study_all = load_study(STUDY)
+    study = [r for r in study_all if r["split"] == SPLIT]
     folder = [r for r in load_study(FP32_STUDY) if r["split"] == SPLIT]
     fp32 = [r for r in folder if r["kind"] not in BASELINE_METHODS]
     if bad := [str(r["path"]) for r in fp32 if r.get("precision") != "fp32"]:
         raise SystemExit(f"expected fp32 LM runs only in {FP32_STUDY}/{SPLIT}: {bad}")
     held = {(r["method"], r["seed"]) for r in study}
-    study_all = load_study(STUDY)
     result = {
         "mixed": table(study + [r for r in fp32 if (r["method"], r["seed"]) not in held]),
         "fp32": table(folder),
