@@ -220,7 +220,7 @@ def test_the_committed_precision_comparison_is_what_its_runs_give(tmp_path, monk
     preference = [
         p
         for p in comparison["fp32_vs_bf16"].values()
-        if json.loads((ROOT / p["fp32_run"]).read_text())["kind"] != "sft"
+        if json.loads((ROOT / p["fp32_run"]).read_text())["kind"] in ("sft-continued", "dpo", "sdpo")
     ]
     assert effects == len(preference) >= 2
 
@@ -263,7 +263,11 @@ def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatc
                 expected_mean = sum(m[kind][key] for m in metrics) / len(metrics)
                 assert entry[metric][0] == pytest.approx(expected_mean, abs=1e-12), (name, entry["method"], metric)
     sft = _metrics("examples/results/movielens-study-fp32/test/sft/seed0.json")
-    preference = {f"{k.parts[1]}/{k.stem.removeprefix('seed')}": p for k, p in lm.items() if k.parts[1] != "sft"}
+    preference = {
+        f"{k.parts[1]}/{k.stem.removeprefix('seed')}": p
+        for k, p in lm.items()
+        if k.parts[1] in ("sft-continued", "dpo", "sdpo")
+    }
     assert set(tables["effect_on_fp32_sft"]) == set(preference)
     for run, metrics in tables["effect_on_fp32_sft"].items():
         for metric, d in metrics.items():

@@ -63,7 +63,7 @@ def effects_on_sft(fp32: list[dict]) -> dict:
     return {
         f"{r['method']}/{r['seed']}": {m: run_difference(r, sft[r["sft_checkpoint"]], m) for m in CLAIM_METRICS}
         for r in fp32
-        if r["kind"] != "sft" and r["sft_checkpoint"] in sft
+        if r["kind"] not in ("sft", "base") and r["sft_checkpoint"] in sft
     }
 
 

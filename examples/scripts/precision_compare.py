@@ -51,10 +51,13 @@ def losses(run: dict) -> dict[int, float]:
     return {entry["step"]: entry["loss"] for entry in run["log_history"] if "loss" in entry}
 
 
-def loss_difference(fp32: dict, bf16: dict) -> dict:
-    """loss_fp32 - loss_bf16 at every step both logged (each step's loss is the mean over the same rows in both)."""
+def loss_difference(fp32: dict, bf16: dict) -> dict | None:
+    """loss_fp32 - loss_bf16 at every step both logged (each step's loss is the mean over the same rows in both);
+    `None` for runs that trained nothing (`base`)."""
     a, b = losses(fp32), losses(bf16)
     steps = sorted(set(a) & set(b))
+    if not steps:
+        return None
     diff = np.array([a[step] - b[step] for step in steps])
     largest = int(np.abs(diff).argmax())
     return {"steps": len(steps), "first_step": {"fp32": a[steps[0]], "bf16": b[steps[0]]},
@@ -87,7 +90,10 @@ def preference_effect(pref32: dict, sft32: dict, pref16: dict, sft16: dict) -> d
 
 def sft_of(run: dict, folder: list[dict]) -> dict | None:
     """The SFT run of `folder` that evaluated the SFT model `run`'s preference stage started from (by checkpoint, not
-    seed: every preference seed of a study starts from its one SFT model, evaluated as `sft` seed 0)."""
+    seed: every preference seed of a study starts from its one SFT model, evaluated as `sft` seed 0); `None` for a run
+    with no SFT model (`base`)."""
+    if run.get("sft_checkpoint") is None:
+        return None
     return next((r for r in folder if r["kind"] == "sft" and (r["split"], r["sft_checkpoint"])
                  == (run["split"], run["sft_checkpoint"])), None)  # fmt: skip
 
