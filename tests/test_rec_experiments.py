@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS_YAML = ROOT / "examples" / "configs" / "movielens.yaml"
 # The MovieLens study's baselines (no LM): the same runs in its bf16 and its fp32 folder
 BASELINES = ("random", "popular", "sasrec")
+# Its preference-stage methods (a model trained from the SFT model): not `base`, not `sft`
+PREFERENCE = ("sft-continued", "dpo", "sdpo")
 needs_recbole = pytest.mark.skipif(
     importlib.util.find_spec("recbole") is None, reason="MovieLens-100K ships in the recbole wheel (not installed)"
 )
@@ -220,7 +222,7 @@ def test_the_committed_precision_comparison_is_what_its_runs_give(tmp_path, monk
     preference = [
         p
         for p in comparison["fp32_vs_bf16"].values()
-        if json.loads((ROOT / p["fp32_run"]).read_text())["kind"] in ("sft-continued", "dpo", "sdpo")
+        if json.loads((ROOT / p["fp32_run"]).read_text())["kind"] in PREFERENCE
     ]
     assert effects == len(preference) >= 2
 
@@ -263,11 +265,7 @@ def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatc
                 expected_mean = sum(m[kind][key] for m in metrics) / len(metrics)
                 assert entry[metric][0] == pytest.approx(expected_mean, abs=1e-12), (name, entry["method"], metric)
     sft = _metrics("examples/results/movielens-study-fp32/test/sft/seed0.json")
-    preference = {
-        f"{k.parts[1]}/{k.stem.removeprefix('seed')}": p
-        for k, p in lm.items()
-        if k.parts[1] in ("sft-continued", "dpo", "sdpo")
-    }
+    preference = {f"{k.parts[1]}/{k.stem.removeprefix('seed')}": p for k, p in lm.items() if k.parts[1] in PREFERENCE}
     assert set(tables["effect_on_fp32_sft"]) == set(preference)
     for run, metrics in tables["effect_on_fp32_sft"].items():
         for metric, d in metrics.items():
@@ -283,7 +281,7 @@ def _sitting_hours(paths) -> tuple[float, float]:
     for path in paths:
         run = json.loads(path.read_text())
         sft.update({s["started"]: s["seconds"] for s in run.get("sft_sittings") or []})
-        if run["kind"] in ("sft-continued", "dpo", "sdpo"):
+        if run["kind"] in PREFERENCE:
             preference.update({s["started"]: s["seconds"] for s in run.get("sittings") or []})
     return sum(sft.values()) / 3600, sum(preference.values()) / 3600
 
