@@ -175,12 +175,38 @@ def _flat(value, key=""):
     return {key: value}
 
 
-def _recomputed_comparison(script: str, folder: str, tmp_path, monkeypatch, name: str = "comparison.json") -> dict:
-    """Run examples/scripts/<script> into tmp_path and check its output equals <folder>/<name> (quoted in the
-    READMEs): a run replaced without rerunning the script, or a script edit that changes its figures, fails here."""
+def _script(script: str):
+    """examples/scripts/<script> as a module (the scripts are examples, not part of the package)."""
     spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / "examples/scripts" / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readmes_study_tables_are_what_their_runs_give(monkeypatch):
+    """Every `test` table of the MovieLens study in the README is examples/scripts/readme_table.py's output for one of
+    the study's folders: a number typed by hand, or a run landed without updating the README, fails here."""
+    module = _script("readme_table.py")
+    monkeypatch.chdir(ROOT)
+    generated = {
+        folder: module.readme_table(f"examples/results/{folder}")
+        for folder in ("movielens-study", "movielens-study-fp32")
+    }
+    tables = re.findall(
+        # the study's tables have the held-out column; the `cpu` preset's older table has not
+        r"^\| method \| HR@1 \(generation\) \|[^\n]*held-out reward accuracy.*?(?=\n\n)",
+        (ROOT / "README.md").read_text(),
+        re.M | re.S,
+    )
+    assert tables, "the README has no study table (its header changed?)"
+    for table in tables:
+        assert table in generated.values(), f"a README table is none of {sorted(generated)}:\n{table}"
+
+
+def _recomputed_comparison(script: str, folder: str, tmp_path, monkeypatch, name: str = "comparison.json") -> dict:
+    """Run examples/scripts/<script> into tmp_path and check its output equals <folder>/<name> (quoted in the
+    READMEs): a run replaced without rerunning the script, or a script edit that changes its figures, fails here."""
+    module = _script(script)
     monkeypatch.chdir(ROOT)  # the script's folders are relative to the repository root
     monkeypatch.setattr(sys, "argv", [script, "--output", str(tmp_path / "comparison.json")])
     module.main()
