@@ -346,9 +346,7 @@ def test_the_fp32_study_keeps_to_fp32_and_shares_the_studys_baselines():
 
 
 def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):
-    spec = importlib.util.spec_from_file_location("study_queue", ROOT / "examples/scripts/movielens_study_queue.py")
-    queue = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(queue)
+    queue = _script("movielens_study_queue.py")
     config = load_experiment_config(MOVIELENS_YAML, preset="study")
     assert sum("missing" in p for p in queue.test_ready(config, str(tmp_path))) == 9  # no valid runs yet
     committed = str(ROOT / "examples/results/movielens-study")  # the study's own valid runs
