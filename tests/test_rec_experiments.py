@@ -345,6 +345,26 @@ def test_the_fp32_study_keeps_to_fp32_and_shares_the_studys_baselines():
     assert lm and all(json.loads(p.read_text())["precision"] == "fp32" for p in lm)
 
 
+def test_the_sft_retrain_check_tells_the_committed_model_from_another(tmp_path, monkeypatch, capsys):
+    """examples/scripts/sft_retrain_check.py passes a Trainer log equal to the committed SFT run's (its first 16
+    steps, as the first checkpoint of a retrain holds them) and names the first step where a log differs."""
+    check = _script("sft_retrain_check.py")
+    committed = json.loads((ROOT / check.COMMITTED).read_text())["log_history"]
+    state = tmp_path / "checkpoints/seed0/trainer-sft/checkpoint-16/trainer_state.json"
+    state.parent.mkdir(parents=True)
+    monkeypatch.chdir(ROOT)  # COMMITTED is relative to the repository root
+    monkeypatch.setattr(sys, "argv", ["sft_retrain_check.py", "--output_dir", str(tmp_path)])
+    log = [dict(entry) for entry in committed if entry.get("step", 0) <= 16]
+    state.write_text(json.dumps({"log_history": log}))
+    check.main()
+    assert "steps 1-16 equal" in capsys.readouterr().out
+    log[8]["loss"] = math.nextafter(log[8]["loss"], math.inf)  # one float apart at step 9
+    state.write_text(json.dumps({"log_history": log}))
+    with pytest.raises(SystemExit) as exit_:
+        check.main()
+    assert exit_.value.code == 1 and "step 9:" in capsys.readouterr().out
+
+
 def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):
     queue = _script("movielens_study_queue.py")
     config = load_experiment_config(MOVIELENS_YAML, preset="study")
