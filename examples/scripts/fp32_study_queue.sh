@@ -30,9 +30,9 @@ todo() {  # todo METHOD SEED: true when the run has not landed in the committed 
 
 # The base model needs no training: evaluation only (~20 min)
 if todo base 0; then experiment 0 base; fi
-# The SFT model every preference seed starts from. On a machine that lost it, it is trained again (same seed, rows and
-# order); its run JSON's losses are then compared step by step with the committed test/sft/seed0.json before any
-# preference run from it lands (examples/scripts/sft_retrain_check.py).
+# Seed 1 of the preference stage. Each call first needs the SFT model every seed starts from: on a machine that lost
+# it, the first call trains it again (same seed, rows and order), and its Trainer log is compared step by step with the
+# committed test/sft/seed0.json (examples/scripts/sft_retrain_check.py) before any run from it lands.
 for method in sdpo dpo sft-continued; do
   if todo "$method" 1; then experiment 1 "$method"; fi
 done

@@ -2,8 +2,8 @@
 Is a retrained SFT model the committed one? The fp32 study's SFT model (examples/results/movielens-study-fp32/
 test/sft/seed0.json) lived on one machine's disk; on a fresh machine examples/scripts/fp32_study_queue.sh trains it
 again (same seed, rows and order). A preference seed may start from the retrain only if it is the same model, so this
-compares the retrain's Trainer log, step by step, with the committed run's: the training loss and the gradient norm of
-every step logged so far. From the repository root:
+compares the retrain's Trainer log, step by step, with the committed run's: the training loss, gradient norm, learning
+rate and token count of every step logged so far. From the repository root:
 
     python examples/scripts/sft_retrain_check.py [--output_dir /work/fp32-precision]
 
