@@ -23,8 +23,18 @@ KEYS = ("loss", "grad_norm", "learning_rate", "num_tokens")
 
 
 def _steps(log_history: list[dict]) -> dict[int, dict]:
-    """The training-step entries of a Trainer log, by step (evaluation and summary entries have no `loss`)."""
-    return {entry["step"]: entry for entry in log_history if "loss" in entry and "grad_norm" in entry}
+    """
+    The training-step entries of a Trainer log, by step (evaluation and summary entries have no `loss`), with
+    `num_tokens` as the step's own count: the Trainer's counter is cumulative and starts again from 0 when a run
+    resumes from a checkpoint (the committed run resumed at step 112), so only each step's increment compares.
+    """
+    steps = {entry["step"]: dict(entry) for entry in log_history if "loss" in entry and "grad_norm" in entry}
+    previous = 0.0
+    for step in sorted(steps):
+        total = steps[step]["num_tokens"]
+        steps[step]["num_tokens"] = total - previous if total >= previous else total  # a resumed counter
+        previous = total
+    return steps
 
 
 def main() -> None:
