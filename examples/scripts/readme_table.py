@@ -12,7 +12,7 @@ so a number in the README is one a run recorded.
 import argparse
 import math
 
-from trl_sdpo.rec.study import load_study, summary_table
+from trl_sdpo.rec.study import group_runs, load_study, summary_table
 from trl_sdpo.rec.study.analysis import format_mean_std
 
 SPLIT = "test"
@@ -75,8 +75,9 @@ def readme_table(directory: str) -> str:
         "| " + " | ".join([*HEADER, f"held-out reward accuracy, margin ({seeds})"]) + " |",
         "|" + "---|" * (len(HEADER) + 1),
     ]
+    groups = group_runs(runs)
     for entry in summary_table(runs, SPLIT):
-        group = [run for run in runs if run["method"] == entry["method"]]
+        group = groups[(SPLIT, entry["method"])]
         cells = [label(group[0], len(group)), *(cell(entry, metric) for metric in COLUMNS), heldout(group)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
