@@ -358,6 +358,11 @@ def test_the_sft_retrain_check_tells_the_committed_model_from_another(tmp_path, 
     state.write_text(json.dumps({"log_history": log}))
     check.main()
     assert "steps 1-16 equal" in capsys.readouterr().out
+    # a retrain that resumed at step 8: its cumulative token counter starts again from 0, each step's count is the same
+    resumed = [{**e, "num_tokens": e["num_tokens"] - log[7]["num_tokens"]} if e["step"] > 8 else e for e in log]
+    state.write_text(json.dumps({"log_history": resumed}))
+    check.main()
+    assert "steps 1-16 equal" in capsys.readouterr().out
     log[8]["loss"] = math.nextafter(log[8]["loss"], math.inf)  # one float apart at step 9
     state.write_text(json.dumps({"log_history": log}))
     with pytest.raises(SystemExit) as exit_:
