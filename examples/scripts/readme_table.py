@@ -69,8 +69,11 @@ def cell(entry: dict, metric: str) -> str:
 def readme_table(directory: str) -> str:
     """The markdown table (header line first) of the study folder's `test` runs."""
     runs = [run for run in load_study(directory) if run["split"] == SPLIT]
-    preference_seeds = sorted({run["seed"] for run in runs if run["kind"] in ("dpo", "sdpo")})
-    seeds = {2: "both seeds"}.get(len(preference_seeds), f"{len(preference_seeds)} seeds")
+    seed_sets = {kind: {run["seed"] for run in runs if run["kind"] == kind} for kind in ("dpo", "sdpo")}
+    if seed_sets["dpo"] != seed_sets["sdpo"]:  # a table still filling in: the header must not claim one seed count
+        seeds = "mean over each method's seeds"
+    else:
+        seeds = {2: "both seeds"}.get(len(seed_sets["sdpo"]), f"{len(seed_sets['sdpo'])} seeds")
     lines = [
         "| " + " | ".join([*HEADER, f"held-out reward accuracy, margin ({seeds})"]) + " |",
         "|" + "---|" * (len(HEADER) + 1),
