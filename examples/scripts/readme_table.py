@@ -14,6 +14,7 @@ import math
 
 from trl_sdpo.rec.study import group_runs, load_study, summary_table
 from trl_sdpo.rec.study.analysis import format_mean_std
+from trl_sdpo.rec.study.config import PREFERENCE_KINDS
 
 SPLIT = "test"
 # Kinds whose result does not depend on the preference seed: one value, whatever the number of seeds
@@ -69,11 +70,14 @@ def cell(entry: dict, metric: str) -> str:
 def readme_table(directory: str) -> str:
     """The markdown table (header line first) of the study folder's `test` runs."""
     runs = [run for run in load_study(directory) if run["split"] == SPLIT]
-    seed_sets = {kind: {run["seed"] for run in runs if run["kind"] == kind} for kind in ("dpo", "sdpo")}
-    if seed_sets["dpo"] != seed_sets["sdpo"]:  # a table still filling in: the header must not claim one seed count
+    # Every preference kind has a held-out cell; a table still filling in gives them different seeds, and then the
+    # header must not claim one seed count
+    seed_sets = {frozenset(run["seed"] for run in runs if run["kind"] == kind) for kind in PREFERENCE_KINDS}
+    if len(seed_sets) > 1:
         seeds = "mean over each method's seeds"
     else:
-        seeds = {2: "both seeds"}.get(len(seed_sets["sdpo"]), f"{len(seed_sets['sdpo'])} seeds")
+        (seed_set,) = seed_sets
+        seeds = {2: "both seeds"}.get(len(seed_set), f"{len(seed_set)} seeds")
     lines = [
         "| " + " | ".join([*HEADER, f"held-out reward accuracy, margin ({seeds})"]) + " |",
         "|" + "---|" * (len(HEADER) + 1),
