@@ -274,3 +274,28 @@ def test_the_committed_experiment_table_names_the_precision_of_its_lm_runs(tmp_p
     summary = reproduction_summary(tmp_path)
     # one machine line for both LM runs (their load is not part of it); the baselines' machine is not named
     assert "; LM runs on Slow CPU, AVX2, no AVX-512, 2 CPUs (2 torch threads), no GPU, in fp32):" in summary
+
+
+def test_the_committed_experiment_table_needs_a_shared_model_once(tmp_path):
+    """The study evaluates the base model and the one SFT model every seed starts from (`sft_seed`) once, under seed
+    0: their absence at seed 1 does not make the study unfinished; a preference method's absent seed does."""
+    from test_rec_study import write_run
+
+    from trl_sdpo.commands.demo import missing_runs, reproduction_summary
+
+    write_run(tmp_path, "test", "base", 0, [3, 3, 3, 3], preset="study", seed_independent=True)
+    write_run(tmp_path, "test", "sft", 0, [2, 2, 2, 2], preset="study")
+    for seed in (0, 1):
+        # as `run_settings` records it: `sft_seed` only where it differs from the run's seed
+        config = {"model": "tiny", **({"sft_seed": 0} if seed else {})}
+        write_run(tmp_path, "test", "sdpo", seed, [1, 2, 3, 4], preset="study", config=config)
+    write_run(tmp_path, "test", "dpo", 0, [1, 2, 3, 4], preset="study")
+    assert "not finished: 1 of its test runs are still missing (e.g. dpo seed 1)" in reproduction_summary(tmp_path)
+    write_run(tmp_path, "test", "dpo", 1, [1, 2, 3, 4], preset="study", config={"model": "tiny", "sft_seed": 0})
+    summary = reproduction_summary(tmp_path)
+    assert "| sft | 1 |" in summary and "| sdpo | 2 |" in summary and "seeds [0, 1]" in summary
+    # Each seed trained its own SFT model (no `sft_seed` recorded): SFT's seed 1 is missing
+    for method in ("sdpo", "dpo"):
+        write_run(tmp_path, "test", method, 1, [1, 2, 3, 4], preset="study")
+    runs = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("test/*/*.json"))]
+    assert missing_runs(runs) == [("sft", 1)]

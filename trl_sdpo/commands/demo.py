@@ -121,11 +121,7 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
     if not runs:
         return None
     seeds = sorted({run["seed"] for run in runs})
-    # A study still running over several sittings is not the experiment's result yet: every method needs every seed.
-    done = {(run["method"], run["seed"]) for run in runs}
-    missing = [
-        (method, seed) for method in sorted({m for m, _ in done}) for seed in seeds if (method, seed) not in done
-    ]
+    missing = missing_runs(runs)
     if missing:
         return (
             f"The full experiment ({REPRODUCTION_NOTEBOOK}) is not finished: {len(missing)} of its test runs are still "
@@ -140,6 +136,29 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
         + summary_markdown(summary_table(runs, "test"))
         + f"\n\nClaim check (S-DPO > DPO > SFT-continued, ValidRatio >= 0.95, S-DPO > most-popular). {verdict}"
     )
+
+
+def missing_runs(runs: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """
+    The (method, seed) runs a study's table still lacks. A study still running over several sittings is not the
+    experiment's result yet: every method needs every seed, except a model evaluated once for all of them: the base
+    model (`"seed_independent"`) and an SFT model every seed's preference stage starts from (its seed is the
+    `sft_seed` the preference runs of other seeds record).
+    """
+    seeds = sorted({run["seed"] for run in runs})
+    done = {(run["method"], run["seed"]) for run in runs}
+    shared_sft = {run["config"].get("sft_seed") for run in runs} - {None}
+    once = {
+        run["method"]
+        for run in runs
+        if run.get("seed_independent") or (run["kind"] == "sft" and run["seed"] in shared_sft)
+    }
+    return [
+        (method, seed)
+        for method in sorted({m for m, _ in done} - once)
+        for seed in seeds
+        if (method, seed) not in done
+    ]
 
 
 def _where(runs: list[dict[str, Any]]) -> str:
