@@ -48,8 +48,9 @@ generation, half scoring its 20 candidates), loading and converting the model ~4
 path, not a result: 24 evaluation rows, the same rows for every stage, with both the paper's generation metrics
 (SFT teaching the answer format is visible even at this size) and the likelihood ranking, and a row-by-row
 comparison of S-DPO with SFT. At 24 rows one row moves HR@1 by 0.042: differences between stages are noise.
-What the full experiment found (3 seeds, paired intervals) is printed under the table when this is a clone of
-the repository (examples/results/movielens, examples/notebooks/sdpo_movielens.ipynb).
+What the full experiment found (preset `study`: 4,096 SFT rows, 2,048 preference rows, 1,000 test rows, 3 seeds,
+paired intervals) is printed under the table when this is a clone of the repository
+(examples/results/movielens-study-fp32, examples/notebooks/sdpo_movielens.ipynb).
 
 examples:
   trl-sdpo demo
@@ -99,8 +100,9 @@ def _training_config(config_class, args: DemoArguments, stage: str, **overrides)
     )
 
 
-# The MovieLens reproduction's committed run JSONs, present in a clone of the repository (not in a wheel).
-REPRODUCTION_DIR = Path(__file__).resolve().parents[2] / "examples" / "results" / "movielens"
+# The MovieLens study's committed `test` runs (issue 17: the table in fp32, the precision every seed could run in),
+# present in a clone of the repository (not in a wheel).
+REPRODUCTION_DIR = Path(__file__).resolve().parents[2] / "examples" / "results" / "movielens-study-fp32"
 REPRODUCTION_NOTEBOOK = "examples/notebooks/sdpo_movielens.ipynb"
 
 
