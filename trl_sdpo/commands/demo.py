@@ -146,6 +146,13 @@ def missing_runs(runs: list[dict[str, Any]]) -> list[tuple[str, int]]:
     experiment's result yet: every method needs every seed, except a model evaluated once for all of them: the base
     model (`"seed_independent"`) and an SFT model every seed's preference stage starts from (its seed is the
     `sft_seed` the preference runs of other seeds record).
+
+    Args:
+        runs (`list[dict]`):
+            Run JSONs of one split, as [`~rec.study.load_study`] reads them.
+
+    Returns:
+        `list[tuple[str, int]]`: The missing (method, seed) pairs, by method then seed; empty when the table is whole.
     """
     seeds = sorted({run["seed"] for run in runs})
     done = {(run["method"], run["seed"]) for run in runs}
