@@ -281,7 +281,8 @@ def test_the_committed_experiment_table_needs_a_shared_model_once(tmp_path):
     0: their absence at seed 1 does not make the study unfinished; a preference method's absent seed does."""
     from test_rec_study import write_run
 
-    from trl_sdpo.commands.demo import missing_runs, reproduction_summary
+    from trl_sdpo.commands.demo import reproduction_summary
+    from trl_sdpo.rec.study import missing_runs
 
     write_run(tmp_path, "test", "base", 0, [3, 3, 3, 3], preset="study", seed_independent=True)
     write_run(tmp_path, "test", "sft", 0, [2, 2, 2, 2], preset="study")

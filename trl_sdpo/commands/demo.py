@@ -112,7 +112,7 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
 
     Returns `None` when the folder or its test runs are absent (an installed wheel has no `examples/`).
     """
-    from ..rec.study import load_study, summary_table
+    from ..rec.study import load_study, missing_runs, summary_table
     from ..rec.study.claims import claim_check, describe_claims
     from ..rec.study.report import summary_markdown
 
@@ -138,36 +138,6 @@ def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
         + summary_markdown(summary_table(runs, "test"))
         + f"\n\nClaim check (S-DPO > DPO > SFT-continued, ValidRatio >= 0.95, S-DPO > most-popular). {verdict}"
     )
-
-
-def missing_runs(runs: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    """
-    The (method, seed) runs a study's table still lacks. A study still running over several sittings is not the
-    experiment's result yet: every method needs every seed, except a model evaluated once for all of them: the base
-    model (`"seed_independent"`) and an SFT model every seed's preference stage starts from (its seed is the
-    `sft_seed` the preference runs of other seeds record).
-
-    Args:
-        runs (`list[dict]`):
-            Run JSONs of one split, as [`~rec.study.load_study`] reads them.
-
-    Returns:
-        `list[tuple[str, int]]`: The missing (method, seed) pairs, by method then seed; empty when the table is whole.
-    """
-    seeds = sorted({run["seed"] for run in runs})
-    done = {(run["method"], run["seed"]) for run in runs}
-    shared_sft = {run["config"].get("sft_seed") for run in runs} - {None}
-    once = {
-        run["method"]
-        for run in runs
-        if run.get("seed_independent") or (run["kind"] == "sft" and run["seed"] in shared_sft)
-    }
-    return [
-        (method, seed)
-        for method in sorted({m for m, _ in done} - once)
-        for seed in seeds
-        if (method, seed) not in done
-    ]
 
 
 def _where(runs: list[dict[str, Any]]) -> str:

@@ -173,6 +173,36 @@ def runs_of(runs: Iterable[dict[str, Any]], split: str, method: str) -> list[dic
     return sorted((r for r in runs if r["split"] == split and r["method"] == method), key=lambda r: r["seed"])
 
 
+def missing_runs(runs: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """
+    The (method, seed) runs a study's table still lacks. A study still running over several sittings is not the
+    experiment's result yet: every method needs every seed, except a model evaluated once for all of them: the base
+    model (`"seed_independent"`) and an SFT model every seed's preference stage starts from (its seed is the
+    `sft_seed` the preference runs of other seeds record).
+
+    Args:
+        runs (`list[dict]`):
+            Run JSONs of one split, as [`load_study`] reads them.
+
+    Returns:
+        `list[tuple[str, int]]`: The missing (method, seed) pairs, by method then seed; empty when the table is whole.
+    """
+    seeds = sorted({run["seed"] for run in runs})
+    done = {(run["method"], run["seed"]) for run in runs}
+    shared_sft = {run["config"].get("sft_seed") for run in runs} - {None}
+    once = {
+        run["method"]
+        for run in runs
+        if run.get("seed_independent") or (run["kind"] == "sft" and run["seed"] in shared_sft)
+    }
+    return [
+        (method, seed)
+        for method in sorted({m for m, _ in done} - once)
+        for seed in seeds
+        if (method, seed) not in done
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ per-row and summary
 def row_values(run: dict[str, Any], metric: str) -> np.ndarray | None:
     """
