@@ -300,3 +300,26 @@ def test_the_committed_experiment_table_needs_a_shared_model_once(tmp_path):
         write_run(tmp_path, "test", method, 1, [1, 2, 3, 4], preset="study")
     runs = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("test/*/*.json"))]
     assert missing_runs(runs) == [("sft", 1)]
+
+
+def test_demo_help_states_the_committed_studys_sizes():
+    """The demo's help text says what the full experiment was (SFT rows, preference rows, test rows, seeds) in words;
+    the committed run JSONs record it. A study re-run at other sizes must not leave the help text behind."""
+    import re
+
+    from trl_sdpo.commands.demo import DESCRIPTION, REPRODUCTION_DIR
+    from trl_sdpo.rec.study import load_study
+
+    if not REPRODUCTION_DIR.is_dir():
+        pytest.skip(f"no committed study at {REPRODUCTION_DIR} (an installed wheel has no examples/)")
+    runs = [run for run in load_study(REPRODUCTION_DIR) if run["split"] == "test"]
+    preference = [run for run in runs if run["kind"] in ("sdpo", "dpo")]
+    stated = re.search(
+        r"([\d,]+) SFT rows, ([\d,]+) preference rows, ([\d,]+) test rows, (\d+) seeds", " ".join(DESCRIPTION.split())
+    )
+    assert stated, "the demo's help text no longer states the study's sizes in the expected words"
+    sft_rows, preference_rows, test_rows, seeds = (int(group.replace(",", "")) for group in stated.groups())
+    assert {run["config"]["sft"]["start_rows"] for run in preference} == {sft_rows}
+    assert {run["config"]["method"]["settings"]["train_rows"] for run in preference} == {preference_rows}
+    assert {run["metrics"]["ranking"]["n"] for run in runs} == {test_rows}
+    assert len({run["seed"] for run in preference}) == seeds
