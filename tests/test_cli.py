@@ -309,11 +309,12 @@ def test_demo_help_states_the_committed_studys_sizes():
 
     from trl_sdpo.commands.demo import DESCRIPTION, REPRODUCTION_DIR
     from trl_sdpo.rec.study import load_study
+    from trl_sdpo.rec.study.config import PREFERENCE_KINDS
 
     if not REPRODUCTION_DIR.is_dir():
         pytest.skip(f"no committed study at {REPRODUCTION_DIR} (an installed wheel has no examples/)")
     runs = [run for run in load_study(REPRODUCTION_DIR) if run["split"] == "test"]
-    preference = [run for run in runs if run["kind"] in ("sdpo", "dpo")]
+    preference = [run for run in runs if run["kind"] in PREFERENCE_KINDS]
     stated = re.search(
         r"([\d,]+) SFT rows, ([\d,]+) preference rows, ([\d,]+) test rows, (\d+) seeds", " ".join(DESCRIPTION.split())
     )

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .analysis import summary_table
-
-PREFERENCE_KINDS = ("sft-continued", "dpo", "sdpo")
+from .config import PREFERENCE_KINDS
 
 
 def select_variants(
