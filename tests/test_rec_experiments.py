@@ -737,3 +737,30 @@ def test_dpo_through_sdpo_trainer_equals_trl_dpo_with_the_reference_computed_onc
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
         assert_fp32_close(log[key], trl_log[key], scale=scale, msg=key)
     assert runs["dpo"]["rows"]["target_rank"] == runs["dpo-trl"]["rows"]["target_rank"]
+
+
+@needs_recbole
+def test_dpo_pairs_trains_pairwise_on_the_rows_and_reference_of_sdpo(tiny_study, monkeypatch):
+    from trl_sdpo.rec import training
+
+    config, _ = tiny_study
+    config.bf16, config.seeds = False, [0]
+    sdpo = config.methods["sdpo"]
+    config.methods = {
+        "sdpo": sdpo,
+        "dpo-pairs": MethodConfig("dpo-pairs", "dpo-pairs", copy.deepcopy(sdpo.settings)),
+    }
+    calls = []
+    precompute = training.precompute_reference
+    monkeypatch.setattr(training, "precompute_reference", lambda *args: calls.append(1) or precompute(*args))
+    runner.run_experiment(config, "valid", show_progress=False)
+    runs = {p.parent.name: json.loads(p.read_text()) for p in Path(config.output_dir).glob("valid/*/seed0.json")}
+    assert calls == [1]  # one reference pass for the seed's rows, read by both
+    assert "ranking_loss=pairwise" in runs["dpo-pairs"]["trainer"] and "ranking_loss" not in runs["sdpo"]["trainer"]
+    first = {m: next(h for h in runs[m]["log_history"] if "loss" in h) for m in runs}
+    k = sdpo.settings.num_negatives
+    assert first["sdpo"]["num_negatives"] == first["dpo-pairs"]["num_negatives"] == k
+    # At the first step the policy is the reference (the SFT model): every reward is 0, so S-DPO's loss is log(1 + k)
+    # and each DPO pair's log 2. Logged losses are rounded to 4 decimals.
+    assert first["sdpo"]["loss"] == pytest.approx(math.log(1 + k), abs=1e-3)
+    assert first["dpo-pairs"]["loss"] == pytest.approx(math.log(2), abs=1e-3)

@@ -16,8 +16,12 @@ _EXPORTS = {
     "pad_multi_completion": "collator",
     "SDPOConfig": "config",
     "merge_rejected_columns": "data",
+    "split_into_pairs": "data",
     "completion_logps": "logprobs",
     "sdpo_loss": "loss",
+    "pairwise_dpo_loss": "loss",
+    "plackett_luce_loss": "loss",
+    "RANKING_LOSSES": "loss",
     "SDPOTrainer": "trainer",
     "SoftmaxDPOTrainer": "trainer",
 }
@@ -32,15 +36,19 @@ __all__ = [
     "completion_logps",
     "merge_rejected_columns",
     "pad_multi_completion",
+    "pairwise_dpo_loss",
+    "plackett_luce_loss",
+    "RANKING_LOSSES",
     "sdpo_loss",
+    "split_into_pairs",
 ]
 
 if TYPE_CHECKING:
     from .collator import DataCollatorForMultiNegativePreference, pad_multi_completion
     from .config import SDPOConfig
-    from .data import merge_rejected_columns
+    from .data import merge_rejected_columns, split_into_pairs
     from .logprobs import completion_logps
-    from .loss import sdpo_loss
+    from .loss import RANKING_LOSSES, pairwise_dpo_loss, plackett_luce_loss, sdpo_loss
     from .sft import CompletionSFTTrainer
     from .trainer import SDPOTrainer, SoftmaxDPOTrainer
 

@@ -189,6 +189,40 @@ def merge_rejected_columns(dataset: Dataset, prefix: str = "rejected") -> Datase
     return merged
 
 
+def split_into_pairs(dataset: Dataset, num_negatives: int | None = None) -> Dataset:
+    """
+    The pairwise dataset a `DPOTrainer` user would build from multi-negative rows: one row per negative.
+
+    Row `i` with negatives `[r_0, ..., r_{k-1}]` becomes the k rows `(prompt_i, chosen_i, r_0)`, ...,
+    `(prompt_i, chosen_i, r_{k-1})`, in that order and next to each other; every other column is copied to each of
+    them. TRL's `DPOTrainer` trained on the result computes, with the same k in every row, what `SDPOTrainer` with
+    `ranking_loss="pairwise"` computes on the original rows, running the prompt k times instead of once.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            Rows with `prompt`, `chosen` and a `rejected` list (standard or conversational format), validated first.
+        num_negatives (`int`, *optional*):
+            Use the first `num_negatives` negatives of each row (rows with fewer raise an error); `None` uses all.
+
+    Returns:
+        `datasets.Dataset`: one row per (row, negative) pair, `rejected` holding a single completion.
+
+    Raises:
+        ValueError: naming the first malformed row and field.
+    """
+    validate_dataset(dataset, num_negatives)
+
+    def split(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {name: [] for name in batch}
+        for i, negatives in enumerate(batch["rejected"]):
+            for negative in negatives[:num_negatives]:
+                for name, values in batch.items():
+                    out[name].append(negative if name == "rejected" else values[i])
+        return out
+
+    return dataset.map(split, batched=True, remove_columns=dataset.column_names, desc="Splitting rows into pairs")
+
+
 def tokenize_completions(
     processing_class: Any,
     prompt: str | list[dict[str, Any]],

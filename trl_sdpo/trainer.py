@@ -5,8 +5,9 @@ dataset preparation, the collator, the reference log-probs and the loss. Model l
 handling, precomputation, evaluation, saving and logging are TRL's own.
 
 A row's path: `_prepare_dataset` validates and tokenizes it (`data.py`), the collator pads prompt and 1+k
-completions (`collator.py`), `completion_logps` sums their log-probs (`logprobs.py`), `sdpo_loss` turns policy and
-reference log-probs into the loss (`loss.py`), and `_log_metrics` records TRL's metric names.
+completions (`collator.py`), `completion_logps` sums their log-probs (`logprobs.py`), the ranking loss of
+`args.ranking_loss` turns policy and reference log-probs into the loss (`loss.py`), and `_log_metrics` records TRL's
+metric names.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .collator import DataCollatorForMultiNegativePreference
 from .config import SDPOConfig
 from .data import parse_tools, row_format, tokenize_completions, validate_row
 from .logprobs import add_completion_logps_head, completion_logps
-from .loss import sdpo_loss
+from .loss import RANKING_LOSSES
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,30 @@ def _refuse_router_aux_loss(model: torch.nn.Module, args: DPOConfig) -> None:
         )
 
 
+def _chosen_nll(chosen_logps: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """
+    DPOTrainer's `"sft"` term: the negative log-likelihood of the chosen completions, averaged over all their scored
+    tokens in the batch (not per row). A completion's first token is scored only when a prompt token precedes it.
+    """
+    lengths = inputs["completion_attention_mask"][:, 0].sum(-1)
+    scored = lengths - ((inputs["prompt_attention_mask"].sum(-1) == 0) & (lengths > 0)).long()
+    return -chosen_logps.sum() / scored.sum().clamp(min=1)
+
+
+def _refuse_cut_ranking(count: int, index: int, args: DPOConfig, dataset_name: str) -> None:
+    # `num_negatives` keeps the first k of each list. For the softmax and pairwise losses that is a subset of
+    # interchangeable negatives; for Plackett-Luce it would replace the row's ranking by that of its top k+1 items, a
+    # different likelihood, so it is refused rather than applied silently.
+    num_negatives = getattr(args, "num_negatives", None)
+    if getattr(args, "ranking_loss", None) == "plackett_luce" and num_negatives is not None and count > num_negatives:
+        raise ValueError(
+            f"Row {index} of the {dataset_name} dataset: field `rejected` holds a ranking of {count} completions and "
+            f"`num_negatives={num_negatives}` would keep its first {num_negatives}; with "
+            "`ranking_loss='plackett_luce'` that changes the ranking the loss is the likelihood of. Set "
+            "`num_negatives=None`, or cut the rankings in the dataset if the top of each is what you mean to train on."
+        )
+
+
 def _as_sdpo_config(args: DPOConfig | None, model: Any) -> SDPOConfig:
     if isinstance(args, SDPOConfig):
         return args
@@ -69,7 +94,10 @@ class SDPOTrainer(DPOTrainer):
     Trainer for Softmax-DPO (S-DPO, Chen et al. 2024): DPO with one chosen and k rejected completions per prompt.
 
     The loss per row is `softplus(logsumexp_j(beta * (r_j - r_w)))` with `r = log pi(y|x) - log pi_ref(y|x)`;
-    with one negative it equals [`~trl.DPOTrainer`]'s `"sigmoid"` loss exactly. The constructor is `DPOTrainer`'s,
+    with one negative it equals [`~trl.DPOTrainer`]'s `"sigmoid"` loss exactly. `SDPOConfig.ranking_loss` selects
+    DPO on each (chosen, rejected_j) pair (`"pairwise"`) or the Plackett-Luce likelihood of a ranked list
+    (`"plackett_luce"`) instead, and `loss_type=["sigmoid", "sft"]` adds the chosen completion's NLL as
+    `DPOTrainer` does. The constructor is `DPOTrainer`'s,
     so an existing DPO script changes by one import and its dataset's `rejected` column becoming a list.
 
     Not to be confused with TRL's unrelated `trl.experimental.sdpo.SDPOTrainer` (self-distillation).
@@ -196,6 +224,9 @@ class SDPOTrainer(DPOTrainer):
         # Runs before Trainer.__init__ (no self.args yet): use `args`. Idempotent, as `evaluate()` calls it again.
         column_names = dataset.column_names or list(next(iter(dataset)).keys())
         if all(c in column_names for c in _TOKENIZED_COLUMNS):
+            if isinstance(dataset, Dataset):
+                for index, rejected in enumerate(dataset["rejected_ids"]):
+                    _refuse_cut_ranking(len(rejected), index, args, dataset_name)
             self._note_negatives(dataset)
             return dataset
         tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
@@ -218,6 +249,7 @@ class SDPOTrainer(DPOTrainer):
 
         def tokenize(row: dict[str, Any], index: int) -> dict[str, Any]:
             validate_row(row, index, num_negatives, expected_format)
+            _refuse_cut_ranking(len(row["rejected"]), index, args, dataset_name)
             rejected = row["rejected"][:num_negatives]
             template_kwargs = dict(row.get("chat_template_kwargs") or {})
             tools = row.get("tools")
@@ -390,10 +422,15 @@ class SDPOTrainer(DPOTrainer):
         logps = self._logps(model, inputs)
         ref_chosen, ref_rejected = self._reference_logps(inputs)
         mask = inputs["rejected_mask"]
-        losses, chosen_rewards, rejected_rewards = sdpo_loss(
+        ranking_loss = RANKING_LOSSES[getattr(self.args, "ranking_loss", "softmax")]
+        losses, chosen_rewards, rejected_rewards = ranking_loss(
             logps[:, 0], logps[:, 1:], ref_chosen.to(logps), ref_rejected.to(logps), self.beta, mask
         )
-        loss = losses.mean()
+        # Summed as DPOTrainer sums its `loss_type` terms: each term's batch mean times its weight
+        loss = 0.0
+        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            term = losses.mean() if loss_type == "sigmoid" else _chosen_nll(logps[:, 0], inputs)
+            loss = loss + term * weight
         self._log_metrics(mode, inputs, logps.detach(), chosen_rewards, rejected_rewards, mask)
         if return_outputs:
             reference = torch.cat([ref_chosen.unsqueeze(1), ref_rejected], dim=1).to(logps)

@@ -73,6 +73,7 @@ def readme_table(directory: str) -> str:
     # Every preference kind has a held-out cell; a table still filling in gives them different seeds, and then the
     # header must not claim one seed count
     seed_sets = {frozenset(run["seed"] for run in runs if run["kind"] == kind) for kind in PREFERENCE_KINDS}
+    seed_sets.discard(frozenset())  # a kind the study did not run
     if len(seed_sets) > 1:
         seeds = "mean over each method's seeds"
     else:

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from .config import BASELINE_KINDS, LM_KINDS
 from .records import run_json_paths
 
 SCHEMA = 1
 # Table order: the LM stages in training order, then variants (sorted), then the baselines without an LM.
-LM_METHODS = ("base", "sft", "sft-continued", "dpo", "sdpo")
-BASELINE_METHODS = ("random", "popular", "sasrec", "memorizer")
+LM_METHODS = LM_KINDS
+BASELINE_METHODS = BASELINE_KINDS
 KINDS = LM_METHODS + BASELINE_METHODS
 # (key in the tables, section of "metrics", key in that section)
 SUMMARY_METRICS = (

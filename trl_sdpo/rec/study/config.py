@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METHOD_KINDS = ("base", "sft", "sft-continued", "dpo", "sdpo", "random", "popular", "sasrec", "memorizer")
-LM_KINDS = ("base", "sft", "sft-continued", "dpo", "sdpo")
-PREFERENCE_KINDS = ("sft-continued", "dpo", "sdpo")
+# The preference kinds, in table order: SFT continued on the chosen answers (the compute-matched control), DPO on the
+# first negative of each row (k=1), DPO on all k pairs of each row (`ranking_loss: pairwise`, the same rows and
+# negatives as S-DPO) and S-DPO (k negatives, softmax).
+PREFERENCE_KINDS = ("sft-continued", "dpo", "dpo-pairs", "sdpo")
+LM_KINDS = ("base", "sft", *PREFERENCE_KINDS)
 BASELINE_KINDS = ("random", "popular", "sasrec", "memorizer")
+METHOD_KINDS = (*LM_KINDS, *BASELINE_KINDS)
+# The ranking loss each kind trained with SDPOTrainer uses (SDPOConfig.ranking_loss)
+RANKING_LOSS_OF_KIND = {"dpo": "softmax", "dpo-pairs": "pairwise", "sdpo": "softmax"}
 SPLITS = ("valid", "test")
 DATASETS = ("movielens", "lastfm", "goodreads")
 NEGATIVE_STRATEGIES = ("random", "popular", "model")
@@ -52,7 +57,8 @@ class StageSettings:
         lr_scheduler_type (`str`): TRL/transformers scheduler name.
         warmup_ratio (`float`): Fraction of steps warming up.
         beta (`float`): DPO/S-DPO beta (preference stage only).
-        num_negatives (`int`): k, rejected titles per row; DPO uses the first of them (k=1 on the same rows).
+        num_negatives (`int`): k, rejected titles per row; `dpo` uses the first of them (k=1 on the same rows),
+            `dpo-pairs` and `sdpo` all k.
         negative_strategy (`str`): `random`, `popular` or `model` (scored by the SFT model: hard negatives).
         curve_rows (`list[int]` or `None`): SFT stage only: the rows seen (optimizer steps x effective batch) at
             which the model is also saved, a learning curve in one run; methods of kind `sft` pick a point with

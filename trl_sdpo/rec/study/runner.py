@@ -171,6 +171,8 @@ def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
             )
             if method.kind != "sft-continued":
                 line += f", beta {s.beta}, k {1 if method.kind == 'dpo' else s.num_negatives} {s.negative_strategy}"
+                if method.kind == "dpo-pairs":
+                    line += ", pairwise"
             if method.trainer == "trl":
                 line += ", TRL's DPOTrainer"
         if method.sft_rows is not None:

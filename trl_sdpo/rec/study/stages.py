@@ -1,15 +1,16 @@
 """
 The stages a study trains: the SFT stage of a seed (with its learning curve) and the preference stage of a method
-(sft-continued, dpo, sdpo) from that SFT model, resumable across sittings when the stage sets `save_steps`.
+(sft-continued, dpo, dpo-pairs, sdpo) from that SFT model, resumable across sittings when the stage sets `save_steps`.
 
 Choices, stated once:
 - The training seed draws the SFT rows, the preference rows (an independent sample: seed + `PREFERENCE_SEED_OFFSET`,
   with `heldout_rows` more drawn beside them for the held-out rewards), their negatives, LoRA initialization and
   data order. With `sft_seed`, every training seed starts from that one seed's SFT model.
-- sft-continued, dpo and sdpo start from the same SFT model, train on the same preference rows for the same number of
-  optimizer steps, and use the SFT model as reference (dpo and sdpo, precomputed once per seed and rows). dpo is
+- sft-continued, dpo, dpo-pairs and sdpo start from the same SFT model, train on the same preference rows for the
+  same number of optimizer steps, and use the SFT model as reference (precomputed once per seed and rows). dpo is
   SDPOTrainer at k=1 on the first negative of each S-DPO row (TRL's own `DPOTrainer` with `trainer: trl`);
-  sft-continued is SFT on the rows' prompt + chosen.
+  dpo-pairs is SDPOTrainer with `ranking_loss="pairwise"` on all k negatives of the same rows (what `DPOTrainer` on
+  the rows split into k pairs computes); sft-continued is SFT on the rows' prompt + chosen.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ...machine import precision_name
 from . import models
 from .config import (
     PREFERENCE_KINDS,
+    RANKING_LOSS_OF_KIND,
     ConfigError,
     MethodConfig,
     stage_steps,
@@ -332,13 +334,26 @@ def train_preference(runner: Runner, method: MethodConfig, seed: int, model, tok
     else:
         prepared = reference_rows(runner, method, seed, model, tokenizer, rows)
         # dpo: k=1 on the same rows, the first negative of each S-DPO row and its reference column. Equal to TRL's
-        # DPOTrainer in loss and gradients (tests/test_dpo_compat.py) at the cost of an S-DPO k=1 step.
+        # DPOTrainer in loss and gradients (tests/test_dpo_compat.py) at the cost of an S-DPO k=1 step. dpo-pairs:
+        # all k negatives, DPO's loss on each pair (equal to DPOTrainer on the split pairs, tests/test_ranking_losses.py).
         k = 1 if method.kind == "dpo" else s.num_negatives
+        ranking_loss = RANKING_LOSS_OF_KIND[method.kind]
         if method.kind == "dpo":
             info["dpo_negative"] = f"first of the {s.num_negatives} {s.negative_strategy} negatives of each S-DPO row"
-        info["trainer"] = f"trl_sdpo.SDPOTrainer (k={k}, shared prefix, reference precomputed once per seed)"
+        loss_text = "" if ranking_loss == "softmax" else f", ranking_loss={ranking_loss}"
+        info["trainer"] = (
+            f"trl_sdpo.SDPOTrainer (k={k}{loss_text}, shared prefix, reference precomputed once per seed)"
+        )
         args = training_args(
-            SDPOConfig, config, s, seed, out, beta=s.beta, num_negatives=k, precompute_ref_log_probs=True
+            SDPOConfig,
+            config,
+            s,
+            seed,
+            out,
+            beta=s.beta,
+            num_negatives=k,
+            ranking_loss=ranking_loss,
+            precompute_ref_log_probs=True,
         )
         model, metrics = train_sdpo(model, tokenizer, prepared, args, peft_config=peft, **fit_kwargs)
     model = plain_model(model)
