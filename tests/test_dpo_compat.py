@@ -449,11 +449,10 @@ def test_eval_dataset_dict_matches_dpo_trainer(tmp_path):
     ("option", "value"),
     [
         ("loss_type", ["ipo"]),
-        ("loss_type", ["sigmoid", "sft"]),
+        ("loss_type", ["sigmoid", "ipo"]),
         ("label_smoothing", 0.1),
         ("use_weighting", True),
         ("ld_alpha", 0.5),
-        ("loss_weights", [1.0]),
         ("f_divergence_type", "js_divergence"),
     ],
 )
