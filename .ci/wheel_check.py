@@ -6,14 +6,17 @@
 `compare` checks that the wheel built from the sdist equals the one built from the source tree (file names and
 contents; the `RECORD` is compared as the set of its lines). `smoke` imports `trl_sdpo` (it must come from the
 environment, not from a checkout), checks `__version__` against the installed metadata, trains two steps of
-`SDPOTrainer` on a tiny model and tokenizer built in-process (nothing is downloaded), and runs `trl-sdpo --help`
-and `trl-sdpo experiment --help`.
+`SDPOTrainer` on a tiny model and tokenizer built in-process (nothing is downloaded), runs `trl-sdpo --help` and
+`trl-sdpo experiment --help`, and trains through `trl-sdpo sdpo` as a user would: a local model folder and a JSONL
+of rows with `rejected` lists, once with flags and once with `--config`, each output folder holding the model and a
+README.md card naming trl-sdpo; a bad flag (`--beta 0`) ends in one error line.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -116,7 +119,44 @@ def smoke() -> int:
         result = subprocess.run(argv, capture_output=True, text=True)
         assert result.returncode == 0 and "usage" in result.stdout.lower(), (argv, result.stdout, result.stderr)
         print(f"{' '.join(argv)}: ok ({len(result.stdout.splitlines())} lines)")
+
+    _smoke_sdpo_command(rows)
     return 0
+
+
+def _smoke_sdpo_command(rows: list[dict]) -> None:
+    """`trl-sdpo sdpo` on a local model folder and a JSONL, with flags and with `--config`, from a scratch folder."""
+    model, tokenizer = _tiny_model_and_tokenizer()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        model.save_pretrained(scratch / "model")
+        tokenizer.save_pretrained(scratch / "model")
+        (scratch / "prefs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        common = {"max_steps": 1, "per_device_train_batch_size": 2, "save_strategy": "no", "report_to": "none"}
+        common |= {"activation_checkpointing": False, "beta": 1.0}
+        flags = ["--model_name_or_path", "model", "--dataset_name", "prefs.jsonl", "--output_dir", "out-flags"]
+        for name, value in common.items():
+            flags += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+        # JSON is YAML: the recipe needs no YAML writer
+        recipe = {"model_name_or_path": "model", "dataset_name": "prefs.jsonl", "output_dir": "out-config", **common}
+        (scratch / "recipe.yaml").write_text(json.dumps(recipe))
+        for argv, out in (
+            (["trl-sdpo", "sdpo", *flags], "out-flags"),
+            (["trl-sdpo", "sdpo", "--config", "recipe.yaml"], "out-config"),
+        ):
+            result = subprocess.run(argv, capture_output=True, text=True, cwd=scratch)
+            assert result.returncode == 0, (argv, result.stdout[-3000:], result.stderr[-3000:])
+            saved = {p.name for p in (scratch / out).iterdir()}
+            assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= saved, saved
+            card = (scratch / out / "README.md").read_text()
+            assert "trl-sdpo" in card and "| beta | 1 |" in card, card
+            print(f"{' '.join(argv)}: ok (saved {', '.join(sorted(saved))})")
+        result = subprocess.run(
+            ["trl-sdpo", "sdpo", *flags, "--beta", "0"], capture_output=True, text=True, cwd=scratch
+        )
+        errors = [line for line in result.stderr.splitlines() if line.startswith("trl-sdpo sdpo: error:")]
+        assert result.returncode == 1 and len(errors) == 1 and "`beta`" in errors[0], result.stderr[-3000:]
+        print(f"trl-sdpo sdpo --beta 0: one error line: {errors[0]}")
 
 
 def main(argv: list[str]) -> int:

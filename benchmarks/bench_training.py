@@ -111,7 +111,7 @@ BEFORE = {"sft-trl-fp32", "sdpo-ref-fp32", "dpo-trl-fp32"}
 
 
 def _args(config_class, out: str, bf16: bool, steps: int, optim: str = "adamw_torch", **extra):
-    from trl_sdpo.machine import precision_kwargs
+    from trl_sdpo.rec.machine import precision_kwargs
 
     return config_class(
         output_dir=out,
@@ -141,9 +141,9 @@ def worker(args) -> dict:
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     from trl_sdpo import CompletionSFTTrainer, SDPOConfig, SDPOTrainer
-    from trl_sdpo.machine import FAST_OPTIMIZER
     from trl_sdpo.rec.builders import build_preference_dataset, build_sft_dataset
     from trl_sdpo.rec.evaluate import evaluate_generation
+    from trl_sdpo.rec.machine import FAST_OPTIMIZER
     from trl_sdpo.rec.ranking import evaluate_ranking
     from trl_sdpo.rec.study.models import default_tokenizer
     from trl_sdpo.rec.training import precompute_reference, reference_copy
@@ -261,7 +261,7 @@ def table(results: dict[str, dict]) -> str:
 
 
 def targets(results: dict[str, dict], preference_steps: int = 16, preference_rows: int = 64) -> dict[str, float]:
-    """The issue's targets: per-row ratios, and the `cpu` preset's preference stage (16 steps of 4 rows a method)."""
+    """The speed-up targets: per-row ratios, and the `cpu` preset's preference stage (16 steps of 4 rows a method)."""
     r = {case: v["per_row_s"] for case, v in results.items() if v}
     out = {
         "sdpo_k3_row": r["sdpo-ref-fp32"] / r["sdpo-pre-bf16"],
@@ -301,7 +301,7 @@ def main():
     if args.quick:
         args.steps, args.eval_rows = 2, 8
 
-    from trl_sdpo.machine import describe_machine, machine_info, package_versions
+    from trl_sdpo.rec.machine import describe_machine, machine_info, package_versions
 
     results = {}
     for case in args.cases:

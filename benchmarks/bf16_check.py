@@ -70,7 +70,7 @@ def training_curves(model_dir: str, tokenizer, rows, steps: int, out: Path) -> d
     import torch
 
     from trl_sdpo import SDPOConfig
-    from trl_sdpo.machine import precision_kwargs
+    from trl_sdpo.rec.machine import precision_kwargs
     from trl_sdpo.rec.models import load_model_and_tokenizer
     from trl_sdpo.rec.training import precompute_reference, train_sdpo
 
@@ -133,9 +133,9 @@ def main():
     parser.add_argument("--steps", type=int, default=12, help="training steps of each precision")
     args = parser.parse_args()
 
-    from trl_sdpo.machine import describe_machine, machine_info, package_versions
     from trl_sdpo.rec.builders import build_examples, build_preference_dataset
     from trl_sdpo.rec.loaders import load_dataset_by_name
+    from trl_sdpo.rec.machine import describe_machine, machine_info, package_versions
     from trl_sdpo.rec.models import default_model_dir, load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer()  # converts and caches the GGUF model on the first run

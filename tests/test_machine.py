@@ -1,8 +1,8 @@
-"""What every reported time is recorded with (`trl_sdpo.machine`)."""
+"""What every reported time is recorded with (`trl_sdpo.rec.machine`)."""
 
 import pytest
 
-from trl_sdpo.machine import describe_machine, machine_info, package_versions
+from trl_sdpo.rec.machine import describe_machine, machine_info, package_versions
 
 
 def _info(**overrides):
@@ -42,7 +42,7 @@ def test_machine_info_and_versions_describe_this_process():
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch, flags, native):
     import torch
 
-    from trl_sdpo import machine
+    from trl_sdpo.rec import machine
 
     monkeypatch.setattr(machine, "_cpuinfo", lambda: ("a CPU", flags))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

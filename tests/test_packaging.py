@@ -29,6 +29,14 @@ def test_version_is_the_same_in_pyproject_and_the_package():
     assert trl_sdpo.__version__ == PYPROJECT["project"]["version"]
 
 
+def test_the_license_file_is_the_apache_2_text_the_metadata_declares():
+    # setuptools puts LICENSE into the wheel and the sdist by its default `license-files` patterns
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
+
+
 def test_changelog_has_a_dated_section_for_the_version_under_an_unreleased_one():
     changelog = (ROOT / "CHANGELOG.md").read_text()
     sections = re.findall(r"^## \[([^\]]+)\](.*)$", changelog, flags=re.MULTILINE)

@@ -15,7 +15,7 @@ import pytest
 from tiny import make_model, make_tokenizer
 
 from trl_sdpo.cli import main
-from trl_sdpo.machine import precision_name, resolve_bf16
+from trl_sdpo.rec.machine import precision_name, resolve_bf16
 from trl_sdpo.rec.study import load_study, models, records, runner, stages
 from trl_sdpo.rec.study.config import (
     ConfigError,
@@ -29,6 +29,12 @@ from trl_sdpo.rec.study.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS_YAML = ROOT / "examples" / "configs" / "movielens.yaml"
+# The committed studies (run JSONs and the scripts that made their tables): in a clone, not in the source distribution
+STUDIES = ROOT / "studies"
+needs_studies = pytest.mark.skipif(
+    not STUDIES.is_dir(),
+    reason=f"no committed studies at {STUDIES} (a clone of the repository has them, the sdist not)",
+)
 # The MovieLens study's baselines (no LM): the same runs in its bf16 and its fp32 folder
 BASELINES = ("random", "popular", "sasrec")
 # Its preference-stage methods (a model trained from the SFT model): not `base`, not `sft`
@@ -140,6 +146,7 @@ def test_a_set_key_is_checked_like_the_files_own(tmp_path):
         config_from_dict(BASE, folder=tmp_path, overrides=parse_overrides(["sft.stepz=1"]))
 
 
+@needs_studies
 @pytest.mark.parametrize(
     "folder, at_least, changes",
     [
@@ -155,7 +162,7 @@ def test_every_committed_run_is_what_its_preset_says_today(folder, at_least, cha
     """The committed results are reproducible from the committed study file (with the changes a side folder's README
     states): an edit of a preset that changes the settings of a run it already produced (a rate pasted into the wrong
     preset) fails here."""
-    runs = load_study(ROOT / "examples" / "results" / folder)
+    runs = load_study(STUDIES / folder)
     for run in runs:
         config = load_experiment_config(MOVIELENS_YAML, preset=run["preset"])
         for key, value in changes.items():
@@ -176,21 +183,21 @@ def _flat(value, key=""):
 
 
 def _script(script: str):
-    """examples/scripts/<script> as a module (the scripts are examples, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / "examples/scripts" / script)
+    """studies/scripts/<script> as a module (the scripts are the studies' records, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(Path(script).stem, STUDIES / "scripts" / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+@needs_studies
 def test_the_readmes_study_tables_are_what_their_runs_give(monkeypatch):
-    """Every `test` table of the MovieLens study in the README is examples/scripts/readme_table.py's output for one of
+    """Every `test` table of the MovieLens study in the README is studies/scripts/readme_table.py's output for one of
     the study's folders: a number typed by hand, or a run landed without updating the README, fails here."""
     module = _script("readme_table.py")
     monkeypatch.chdir(ROOT)
     generated = {
-        folder: module.readme_table(f"examples/results/{folder}")
-        for folder in ("movielens-study", "movielens-study-fp32")
+        folder: module.readme_table(f"studies/{folder}") for folder in ("movielens-study", "movielens-study-fp32")
     }
     tables = re.findall(
         # the study's tables have the held-out column; the `cpu` preset's older table has not
@@ -204,14 +211,14 @@ def test_the_readmes_study_tables_are_what_their_runs_give(monkeypatch):
 
 
 def _recomputed_comparison(script: str, folder: str, tmp_path, monkeypatch, name: str = "comparison.json") -> dict:
-    """Run examples/scripts/<script> into tmp_path and check its output equals <folder>/<name> (quoted in the
+    """Run studies/scripts/<script> into tmp_path and check its output equals <folder>/<name> (quoted in the
     READMEs): a run replaced without rerunning the script, or a script edit that changes its figures, fails here."""
     module = _script(script)
     monkeypatch.chdir(ROOT)  # the script's folders are relative to the repository root
     monkeypatch.setattr(sys, "argv", [script, "--output", str(tmp_path / "comparison.json")])
     module.main()
     fresh = _flat(json.loads((tmp_path / "comparison.json").read_text()))
-    committed = json.loads((ROOT / "examples/results" / folder / name).read_text())
+    committed = json.loads((STUDIES / folder / name).read_text())
     assert fresh.keys() == _flat(committed).keys()
     for key, value in _flat(committed).items():
         # means of 1,000 row values in float64: rounding differs across CPUs far below 1e-12
@@ -224,6 +231,7 @@ def _metrics(path: str) -> dict:
     return json.loads((ROOT / path).read_text())["metrics"]
 
 
+@needs_studies
 def test_the_committed_precision_comparison_is_what_its_runs_give(tmp_path, monkeypatch, capsys):
     comparison = _recomputed_comparison("precision_compare.py", "movielens-precision", tmp_path, monkeypatch)
     out = capsys.readouterr().out
@@ -253,6 +261,7 @@ def test_the_committed_precision_comparison_is_what_its_runs_give(tmp_path, monk
     assert effects == len(preference) >= 2
 
 
+@needs_studies
 def test_the_committed_sft_seed_comparison_is_what_its_runs_give(tmp_path, monkeypatch, capsys):
     comparison = _recomputed_comparison("sft_seed_compare.py", "movielens-sft-seed", tmp_path, monkeypatch)
     assert "sft-4k on valid: SFT seed 1 - SFT seed 0" in capsys.readouterr().out
@@ -265,6 +274,7 @@ def test_the_committed_sft_seed_comparison_is_what_its_runs_give(tmp_path, monke
             assert d["diff"] == pytest.approx(a[kind][name] - b[kind][name], abs=1e-12), metric
 
 
+@needs_studies
 def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatch, capsys):
     tables = _recomputed_comparison(
         "fp32_tables.py", "movielens-precision", tmp_path, monkeypatch, name="test-tables.json"
@@ -272,9 +282,8 @@ def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatc
     assert "== mixed: test" in capsys.readouterr().out
     # Which runs each table holds, from the folders themselves: the mixed one every study run and the fp32 runs of
     # the seeds the study lacks, the fp32 one every run of the fp32 study's folder.
-    results = ROOT / "examples/results"
     study, fp32 = (
-        {p.relative_to(results / name): p for p in (results / name / "test").glob("*/*.json")}
+        {p.relative_to(STUDIES / name): p for p in (STUDIES / name / "test").glob("*/*.json")}
         for name in ("movielens-study", "movielens-study-fp32")
     )
     lm = {k: p for k, p in fp32.items() if k.parts[1] not in BASELINES}
@@ -290,7 +299,7 @@ def test_the_committed_fp32_tables_are_what_their_runs_give(tmp_path, monkeypatc
                 kind, key = metric.split("/")
                 expected_mean = sum(m[kind][key] for m in metrics) / len(metrics)
                 assert entry[metric][0] == pytest.approx(expected_mean, abs=1e-12), (name, entry["method"], metric)
-    sft = _metrics("examples/results/movielens-study-fp32/test/sft/seed0.json")
+    sft = _metrics("studies/movielens-study-fp32/test/sft/seed0.json")
     preference = {f"{k.parts[1]}/{k.stem.removeprefix('seed')}": p for k, p in lm.items() if k.parts[1] in PREFERENCE}
     assert set(tables["effect_on_fp32_sft"]) == set(preference)
     for run, metrics in tables["effect_on_fp32_sft"].items():
@@ -320,13 +329,13 @@ def _sitting_hours(paths) -> tuple[float, float]:
     return sum(sft.values()) / 3600, sum(preference.values()) / 3600
 
 
+@needs_studies
 def test_the_fp32_tables_count_every_training_once():
-    hours = json.loads((ROOT / "examples/results/movielens-precision/test-tables.json").read_text())["compute_hours"]
-    results = ROOT / "examples/results"
+    hours = json.loads((STUDIES / "movielens-precision/test-tables.json").read_text())["compute_hours"]
     folders = {
-        "fp32 test table": list((results / "movielens-study-fp32/test").glob("*/*.json")),
-        "bf16 study, valid and test": list((results / "movielens-study").glob("*/*/*.json")),
-        "bf16 study, valid only": list((results / "movielens-study/valid").glob("*/*.json")),
+        "fp32 test table": list((STUDIES / "movielens-study-fp32/test").glob("*/*.json")),
+        "bf16 study, valid and test": list((STUDIES / "movielens-study").glob("*/*/*.json")),
+        "bf16 study, valid only": list((STUDIES / "movielens-study/valid").glob("*/*.json")),
     }
     for name, paths in folders.items():
         (entry,) = [value for key, value in hours.items() if key.startswith(name)]
@@ -339,22 +348,23 @@ def test_the_fp32_tables_count_every_training_once():
         assert entry["total"] == pytest.approx(sum(entry[k] for k in ("sft", "preference", "baselines", "evaluation")))
 
 
+@needs_studies
 def test_the_fp32_study_keeps_to_fp32_and_shares_the_studys_baselines():
-    """examples/results/movielens-study-fp32/ is the study's `test` table in fp32: every LM run recorded fp32 (the
+    """studies/movielens-study-fp32/ is the study's `test` table in fp32: every LM run recorded fp32 (the
     runner's precision check guards a folder only while it runs), and its baselines (no LM, no precision) are the
     bf16 study's runs byte for byte, so the two tables compare against the same baselines."""
-    results = ROOT / "examples/results"
-    runs = sorted((results / "movielens-study-fp32/test").glob("*/*.json"))
+    runs = sorted((STUDIES / "movielens-study-fp32/test").glob("*/*.json"))
     baselines = [p for p in runs if p.parent.name in BASELINES]
     assert {p.parent.name for p in baselines} == set(BASELINES)
     for path in baselines:
-        assert path.read_bytes() == (results / "movielens-study" / path.relative_to(path.parents[2])).read_bytes()
+        assert path.read_bytes() == (STUDIES / "movielens-study" / path.relative_to(path.parents[2])).read_bytes()
     lm = [p for p in runs if p not in baselines]
     assert lm and all(json.loads(p.read_text())["precision"] == "fp32" for p in lm)
 
 
+@needs_studies
 def test_the_sft_retrain_check_tells_the_committed_model_from_another(tmp_path, monkeypatch, capsys):
-    """examples/scripts/sft_retrain_check.py passes a Trainer log equal to the committed SFT run's (its first 16
+    """studies/scripts/sft_retrain_check.py passes a Trainer log equal to the committed SFT run's (its first 16
     steps, as the first checkpoint of a retrain holds them) and names the first step where a log differs."""
     check = _script("sft_retrain_check.py")
     committed = json.loads((ROOT / check.COMMITTED).read_text())["log_history"]
@@ -378,11 +388,12 @@ def test_the_sft_retrain_check_tells_the_committed_model_from_another(tmp_path, 
     assert exit_.value.code == 1 and "step 9:" in capsys.readouterr().out
 
 
+@needs_studies
 def test_the_study_queue_runs_the_test_table_only_at_the_rates_valid_chose(tmp_path):
     queue = _script("movielens_study_queue.py")
     config = load_experiment_config(MOVIELENS_YAML, preset="study")
     assert sum("missing" in p for p in queue.test_ready(config, str(tmp_path))) == 9  # no valid runs yet
-    committed = str(ROOT / "examples/results/movielens-study")  # the study's own valid runs
+    committed = str(STUDIES / "movielens-study")  # the study's own valid runs
     assert queue.test_ready(config, committed) == []
     config.methods["sdpo"].settings.learning_rate, config.test_eval_rows = 3e-5, None
     assert queue.test_ready(config, committed) == [

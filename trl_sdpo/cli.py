@@ -1,4 +1,4 @@
-"""`trl-sdpo`: data, SFT, S-DPO training and evaluation for LM-based recommendation, from the command line.
+"""`trl-sdpo`: S-DPO on your own preference data, and data, SFT, S-DPO and evaluation for LM-based recommendation.
 
 `main` only picks the subcommand; each subcommand's flags come from dataclasses (`trl_sdpo.commands.args`) through
 `trl.TrlParser`, so TRL's `SFTConfig` / `SDPOConfig` flags and `--config FILE.yaml` work as in TRL's own scripts.
@@ -12,9 +12,13 @@ import sys
 
 # (module in trl_sdpo.commands, one line for the top-level help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "sdpo": ("sdpo", "S-DPO on your own preference file or Hub dataset, with the flags of TRL's `trl dpo`."),
     "data": ("data", "Build a recommendation dataset: summary, --export to S-DPO JSON, or --leak-check."),
     "sft": ("training", "Supervised fine-tuning: prompt -> target title (TRL SFTTrainer, completion-only loss)."),
-    "train": ("training", "S-DPO: one chosen + k rejected titles per prompt (SDPOTrainer); reference = --model."),
+    "train": (
+        "training",
+        "S-DPO on recommendation rows: the target + k rejected titles per prompt; reference = --model.",
+    ),
     "eval": ("evaluation", "Generation HR@1 / ValidRatio, ranking HR@1 / HR@5 / NDCG@5 / MRR, and baselines."),
     "experiment": ("experiment", "Run a study YAML: every (method, seed) on a split, one JSON per run, resumable."),
     "demo": ("demo", "The whole path on MovieLens-100K + SmolLM2-135M: base -> SFT -> S-DPO, table, JSON, plot."),
@@ -24,12 +28,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 USAGE = """\
 usage: trl-sdpo <command> [flags]     (trl-sdpo <command> --help lists a command's flags)
 
-Softmax-DPO (S-DPO) for LM-based recommendation with Hugging Face TRL.
+Softmax-DPO (S-DPO) with Hugging Face TRL: `sdpo` trains on your own preference data; the other commands are
+the toolkit for LM-based recommendation (MovieLens, LastFM, Goodreads).
 
 commands:
 {commands}
 
 examples:
+  trl-sdpo sdpo --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name prefs.jsonl --beta 1.0 --output_dir out
+  trl-sdpo sdpo --config recipe.yaml --use_peft --lora_r 16
   trl-sdpo demo                                   # base -> SFT -> S-DPO, about 10 minutes on 2 CPU cores
   trl-sdpo data --dataset movielens --split valid --export ml-valid.json
   trl-sdpo data --dataset lastfm --data_dir data/lastfm --sampler sdpo-compat --leak-check
@@ -38,7 +45,8 @@ examples:
   trl-sdpo eval --model sdpo-model --split test --report test.json
   trl-sdpo experiment --config examples/configs/movielens.yaml --preset cpu --split valid --dry-run
 
-Every command accepts --report FILE (results as JSON) and --config FILE.yaml (flags from a YAML file).
+Every command accepts --config FILE.yaml (flags from a YAML file); the recommendation commands also take --report
+FILE (results as JSON).
 """
 
 

@@ -8,6 +8,9 @@ from transformers.utils import is_torch_bf16_gpu_available
 from trl import DPOConfig
 
 from .loss import RANKING_LOSSES
+from .versions import warn_if_untested_trl
+
+warn_if_untested_trl()  # this module builds on TRL internals (trl_sdpo/versions.py says which)
 
 # The `loss_type` lists SDPOTrainer computes: the ranking loss where DPO's "sigmoid" stands, optionally with TRL's
 # "sft" term (RPO). Every other DPO loss is defined on one chosen/rejected pair.

@@ -14,10 +14,21 @@ from typing import Any
 from datasets import Dataset
 from trl.data_utils import _tokenize, common_prefix_length
 
+from .versions import warn_if_untested_trl
+
+warn_if_untested_trl()  # `_tokenize` is private to TRL (trl_sdpo/versions.py)
+
 logger = logging.getLogger(__name__)
 
 STANDARD = "standard"
 CONVERSATIONAL = "conversational"
+
+# The roles chat templates know. A role outside them is most often a typo (`asistant`), which many templates render
+# without complaint as a turn of an unknown speaker. `developer` is the system role of OpenAI-style templates,
+# `ipython` the tool-result role of Llama 3.x.
+KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
+# Turns a completion may hold after its first, assistant turn: more assistant turns and the results of its tool calls.
+_COMPLETION_ROLES = ("assistant", "tool", "ipython")
 
 
 def _is_message(value: Any) -> bool:
@@ -125,7 +136,42 @@ def validate_row(row: dict[str, Any], index: int, num_negatives: int | None, exp
             f"Row {index}: field `rejected` has {len(rejected)} completions but `num_negatives={num_negatives}`. "
             "Lower `num_negatives`, set it to None to use every row's own count, or drop such rows."
         )
+    if fmt == CONVERSATIONAL:
+        _check_roles(row, index)
     return fmt
+
+
+def _check_roles(row: dict[str, Any], index: int) -> None:
+    # Wrong roles tokenize without error: the chat template renders whatever it is given, and at most the prompt
+    # stops being a token prefix of prompt+completion (one warning for the whole dataset). The model would then be
+    # trained to prefer a user turn, or to continue after its own answer.
+    fields = [("prompt", row["prompt"]), ("chosen", row["chosen"])]
+    fields += [(f"rejected[{j}]", completion) for j, completion in enumerate(row["rejected"])]
+    for name, messages in fields:
+        for m, message in enumerate(messages):
+            if message["role"] not in KNOWN_ROLES:
+                raise ValueError(
+                    f"Row {index}: `{name}[{m}]` has role {message['role']!r}, which is not one of "
+                    f"{', '.join(KNOWN_ROLES)}."
+                )
+    if row["prompt"][-1]["role"] == "assistant":
+        raise ValueError(
+            f"Row {index}: field `prompt` ends on an assistant turn; the completions are the assistant's answer to "
+            "the prompt, so its last turn must be the user's (or a system or tool turn). Move that turn into the "
+            "completions, or drop it."
+        )
+    for name, messages in fields[1:]:
+        if messages[0]["role"] != "assistant":
+            raise ValueError(
+                f"Row {index}: `{name}[0]` has role {messages[0]['role']!r}; a completion is the assistant's answer, "
+                "so it must start with an assistant turn."
+            )
+        for m, message in enumerate(messages[1:], start=1):
+            if message["role"] not in _COMPLETION_ROLES:
+                raise ValueError(
+                    f"Row {index}: `{name}[{m}]` has role {message['role']!r}; a completion holds assistant turns "
+                    f"and the results of their tool calls ({', '.join(_COMPLETION_ROLES)}) only."
+                )
 
 
 def validate_dataset(rows: Iterable[dict[str, Any]], num_negatives: int | None = None) -> str:

@@ -15,6 +15,9 @@ import torch
 from trl import SFTTrainer
 
 from .logprobs import _REQUEST_KWARG, add_completion_logps_head
+from .versions import warn_if_untested_trl
+
+warn_if_untested_trl()  # this module builds on TRL internals (trl_sdpo/versions.py says which)
 
 
 class CompletionSFTTrainer(SFTTrainer):

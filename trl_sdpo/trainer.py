@@ -2,7 +2,8 @@
 
 Only what assumes exactly two completions is replaced (`docs/design.md` lists the hooks and why, TRL 1.16):
 dataset preparation, the collator, the reference log-probs and the loss. Model loading, PEFT, reference-model
-handling, precomputation, evaluation, saving and logging are TRL's own.
+handling, precomputation, evaluation, saving and logging are TRL's own; the model card is TRL's with a trl-sdpo
+section added (`model_card.py`), and `save_model` writes it too.
 
 A row's path: `_prepare_dataset` validates and tokenizes it (`data.py`), the collator pads prompt and 1+k
 completions (`collator.py`), `completion_logps` sums their log-probs (`logprobs.py`), the ranking loss of
@@ -15,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model, tqdm
+from accelerate.utils import is_peft_model, parse_flag_from_env, tqdm
 from datasets import Dataset, Features, IterableDataset, List, Value, concatenate_datasets
+from huggingface_hub import ModelCard
 from torch.utils.data import DataLoader
 from transformers import AutoProcessor, PreTrainedTokenizerBase, ProcessorMixin
 from trl import DPOConfig, DPOTrainer
@@ -32,6 +35,7 @@ from .config import SDPOConfig
 from .data import parse_tools, row_format, tokenize_completions, validate_row
 from .logprobs import add_completion_logps_head, completion_logps
 from .loss import RANKING_LOSSES
+from .model_card import SDPO_PAPER, SDPO_TAGS, add_sdpo_details
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,29 @@ def _refuse_cut_ranking(count: int, index: int, args: DPOConfig, dataset_name: s
         )
 
 
+def _refuse_unnamed_model(model: Any, ref_model: Any, args: SDPOConfig, processing_class: Any, peft_config) -> None:
+    # DPOTrainer loads what it was not given from the model's `name_or_path`: the tokenizer, and the reference unless
+    # a PEFT adapter (disabled) or precomputed log-probs stand in for it (under FSDP the precompute loads it too). A
+    # model built from a config has an empty `name_or_path`, and transformers then fails with a Hub error about an
+    # empty repo id that does not say what to pass.
+    if isinstance(model, str) or get_config_model_id(model.config):
+        return
+    if processing_class is None:
+        raise ValueError(
+            f"`model` ({type(model).__name__}) has no name or path (`model.config._name_or_path` is empty: it was "
+            "built from a config), so its tokenizer cannot be loaded from it. Pass `processing_class=`."
+        )
+    peft = peft_config is not None or is_peft_model(model)
+    precomputed = args.precompute_ref_log_probs and not (args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP"))
+    if ref_model is None and not peft and not precomputed:
+        raise ValueError(
+            f"`model` ({type(model).__name__}) has no name or path (`model.config._name_or_path` is empty: it was "
+            "built from a config), so no reference copy of it can be loaded. Pass `ref_model=` (a frozen copy of the "
+            "starting weights), or train a LoRA adapter with `peft_config=` (the reference is then the model with the "
+            "adapter disabled)."
+        )
+
+
 def _as_sdpo_config(args: DPOConfig | None, model: Any) -> SDPOConfig:
     if isinstance(args, SDPOConfig):
         return args
@@ -123,21 +150,9 @@ class SDPOTrainer(DPOTrainer):
     ```
     """
 
-    _tag_names = ["trl", "sdpo", "softmax-dpo"]
+    _tag_names = list(SDPO_TAGS)
     _name = "S-DPO"
-    _paper = {
-        "title": "On Softmax Direct Preference Optimization for Recommendation",
-        "id": "2406.09215",
-        "citation": (
-            "@inproceedings{chen2024softmax,\n"
-            "    title   = {{On Softmax Direct Preference Optimization for Recommendation}},\n"
-            "    author  = {Yuxin Chen and Junfei Tan and An Zhang and Zhengyi Yang and Leheng Sheng and Enzhi Zhang"
-            " and Xiang Wang and Tat-Seng Chua},\n"
-            "    booktitle = {Advances in Neural Information Processing Systems},\n"
-            "    year    = 2024\n"
-            "}"
-        ),
-    }
+    _paper = SDPO_PAPER
 
     def __init__(
         self,
@@ -159,6 +174,7 @@ class SDPOTrainer(DPOTrainer):
         # that TRL's precompute can concatenate batches whose k differs.
         self._max_negatives = 0
         self._total_distinct_tokens = 0
+        _refuse_unnamed_model(model, ref_model, args, processing_class, peft_config)
         if processing_class is None:
             source = model if isinstance(model, str) else get_config_model_id(model.config)
             processing_class = AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
@@ -211,6 +227,44 @@ class SDPOTrainer(DPOTrainer):
                 add_completion_logps_head(module)
         if isinstance(model, str):  # loaded by the parent: check now what a model object is checked for above
             _refuse_router_aux_loss(self.accelerator.unwrap_model(self.model), args)
+
+    # ------------------------------------------------------------ model card
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        output_dir: str | None = None,
+    ) -> None:
+        """
+        TRL's model card (S-DPO, its paper and citation, the framework versions, the tags) plus what trained the
+        model: trl-sdpo and its version, the ranking loss, k, beta ([`~trl_sdpo.model_card.add_sdpo_details`]).
+
+        TRL calls this on every checkpoint and in `push_to_hub`; [`save_model`] calls it too.
+
+        Args:
+            model_name (`str`, *optional*): The model's name.
+            dataset_name (`str`, *optional*): The Hub id of the training dataset.
+            tags (`str` or `list[str]`, *optional*): Tags besides the trainer's own.
+            output_dir (`str`, *optional*): A folder to write `README.md` to besides `args.output_dir`, where TRL
+                writes it.
+        """
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        card = ModelCard.load(Path(self.args.output_dir) / "README.md")
+        add_sdpo_details(card, self.args, self._max_negatives, model_name)
+        for folder in dict.fromkeys([self.args.output_dir, output_dir or self.args.output_dir]):
+            card.save(Path(folder) / "README.md")
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, and the model card beside the weights (TRL writes one on checkpoints only)."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:  # checkpoints and push_to_hub write the card themselves
+            output_dir = output_dir or self.args.output_dir
+            model_name = (self.args.hub_model_id or str(output_dir)).rstrip("/").split("/")[-1]
+            self.create_model_card(model_name=model_name, output_dir=output_dir)
 
     # ------------------------------------------------------------------ data
 
@@ -281,6 +335,13 @@ class SDPOTrainer(DPOTrainer):
         too_long = sum(p + c > args.max_length for p, c in zip(prompt_lens, longest))
         if args.truncation_mode == "keep_start":
             keep = [i for i, p in enumerate(prompt_lens) if p < args.max_length]
+            if not keep:
+                raise ValueError(
+                    f"The {dataset_name} dataset: every one of its {total} rows has a prompt of at least "
+                    f"max_length={args.max_length} tokens (its prompts are {min(prompt_lens)} to {max(prompt_lens)} "
+                    "tokens long), so keep_start truncation leaves no row a completion token. "
+                    "Raise `max_length`, shorten the prompts, or set `truncation_mode='keep_end'`."
+                )
             if len(keep) < total:
                 logger.warning(
                     "%s dataset: dropped %d of %d rows whose prompt alone fills max_length=%d (keep_start truncation "

@@ -9,7 +9,7 @@ Every field becomes `--field_name` and `--field-name`; booleans also get `--no_f
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl import SFTConfig
+from trl import ModelConfig, ScriptArguments, SFTConfig
 
 from ..config import SDPOConfig
 
@@ -234,6 +234,38 @@ class SDPOArguments(SDPOConfig):
     """`trl_sdpo.SDPOConfig`, unchanged; the subclass only names its group in `--help`."""
 
     _argument_group_name = "S-DPO training (trl_sdpo.SDPOConfig: every TRL DPOConfig / TrainingArguments flag)"
+
+
+@dataclass
+class PreferenceDataArguments(ScriptArguments):
+    """
+    `trl.ScriptArguments`, the data flags of TRL's own scripts, for `trl-sdpo sdpo`: `dataset_name` and
+    `dataset_test_split` also take local files, and the mixture flags (`datasets`) are not offered.
+    """
+
+    _argument_group_name = "Data (trl.ScriptArguments)"
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local .json, .jsonl, .csv or .parquet file (the train split), a folder of such files (split "
+            "by file name: train*, test*, valid*; otherwise all train), or a Hub dataset id (from the local cache "
+            "when offline). Rows: prompt, chosen and rejected (a list), or rejected1..rejectedK columns (merged)."
+        },
+    )
+    dataset_test_split: str = field(
+        default="test",
+        metadata={
+            "help": "Split evaluated on when --eval_strategy is not 'no': a split name, or the path of a local file "
+            "in the formats of --dataset_name."
+        },
+    )
+
+
+class ModelLoadArguments(ModelConfig):
+    """`trl.ModelConfig`, unchanged; the subclass only names its group in `--help`."""
+
+    _argument_group_name = "Model (trl.ModelConfig: loading, LoRA and quantization flags)"
 
 
 @dataclass

@@ -44,7 +44,7 @@ def cpu_training_defaults() -> dict[str, Any]:
     bf16 where it is native, fp32 elsewhere (`--bf16 false` forces fp32). TRL turns bf16 on by default, which
     `TrainingArguments` rejects on a CPU unless `use_cpu` is set; on a CPU with AVX512_BF16 or AMX it is ~2x faster.
     """
-    from ..machine import precision_kwargs
+    from ..rec.machine import precision_kwargs
 
     return precision_kwargs("auto")
 
@@ -110,6 +110,66 @@ def save_model(model, tokenizer, output_dir: str, merge: bool = True) -> None:
     logger.info(f"Saved the model to {output_dir}")
 
 
+def card_and_push(
+    output_dir: str, args, method: str, settings: dict[str, str], base_model: str | None, sdpo: bool
+) -> str | None:
+    """
+    Write the model card of a model [`save_model`] saved and, with `args.push_to_hub`, upload its folder.
+
+    The `sft` and `train` commands save the model themselves (LoRA merged), not through the trainer, whose
+    `push_to_hub` would upload its own output instead; so the push is done here, as `Trainer.push_to_hub` does it
+    (the repository `args.hub_model_id`, or the folder's name under the user's namespace).
+
+    Args:
+        output_dir (`str`): The saved model's folder.
+        args: The run's `SFTConfig` / `SDPOConfig` (`push_to_hub`, `hub_model_id`, `hub_token`, ...).
+        method (`str`): `"SFT"` or `"S-DPO"`, for the card.
+        settings (`dict[str, str]`): The card's settings table.
+        base_model (`str` or `None`): The starting model's Hub id (`None` for a local folder or the embedded model).
+        sdpo (`bool`): Whether the card names the S-DPO paper and tags.
+
+    Returns:
+        `str` or `None`: the repository id pushed to.
+    """
+    from ..model_card import SDPO_PAPER, SDPO_TAGS, write_model_card
+
+    tags = list(SDPO_TAGS) if sdpo else ["trl", "sft", "trl-sdpo"]
+    repo_id = None
+    if args.push_to_hub:
+        import huggingface_hub
+
+        api = huggingface_hub.HfApi()
+        name = args.hub_model_id or Path(output_dir).absolute().name
+        repo_id = api.create_repo(name, token=args.hub_token, private=args.hub_private_repo, exist_ok=True).repo_id
+    card = write_model_card(
+        output_dir,
+        method=method,
+        settings=settings,
+        tags=tags,
+        base_model=base_model,
+        paper=SDPO_PAPER if sdpo else None,
+        hub_model_id=repo_id,
+    )
+    logger.info(f"Wrote the model card {card}")
+    if repo_id is not None:
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=output_dir,
+            commit_message="End of training",
+            token=args.hub_token,
+            revision=args.hub_revision,
+            ignore_patterns=["_*", "checkpoint-*"],  # as Trainer.push_to_hub
+        )
+        logger.info(f"Pushed {output_dir} to the Hub repository {repo_id}")
+    return repo_id
+
+
+def hub_base_model(model_args: ModelArguments) -> str | None:
+    """`--model` when it names a Hub model, for the card; `None` for a local folder or the embedded default."""
+    name = model_args.model_name_or_path
+    return name if name and not Path(name).exists() else None
+
+
 # ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate_model(model, tokenizer, examples, eval_args, show_progress: bool = True) -> dict[str, Any]:
     """Generation (HR@1, ValidRatio) and ranking (HR@1, HR@5, NDCG@5, MRR) metrics of one model on `examples`."""
@@ -127,10 +187,18 @@ def evaluate_model(model, tokenizer, examples, eval_args, show_progress: bool = 
             batch_size=eval_args.batch_size,
             max_new_tokens=eval_args.max_new_tokens,
             return_records=eval_args.save_responses,
+            show_progress=show_progress,
         )
         results["generation"] = generation
     if eval_args.ranking:
-        ranking = evaluate_ranking(model, tokenizer, examples, batch_size=eval_args.batch_size, return_records=True)
+        ranking = evaluate_ranking(
+            model,
+            tokenizer,
+            examples,
+            batch_size=eval_args.batch_size,
+            return_records=True,
+            show_progress=show_progress,
+        )
         # The target's rank in every row, so that two models evaluated on the same rows compare row by row.
         ranking["ranks"] = [record["rank"] for record in ranking.pop("records")]
         results["ranking"] = ranking

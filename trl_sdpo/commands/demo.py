@@ -6,10 +6,11 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..machine import (
+from ..rec.machine import (
     FAST_OPTIMIZER,
     describe_machine,
     machine_info,
@@ -49,8 +50,9 @@ path, not a result: 24 evaluation rows, the same rows for every stage, with both
 (SFT teaching the answer format is visible even at this size) and the likelihood ranking, and a row-by-row
 comparison of S-DPO with SFT. At 24 rows one row moves HR@1 by 0.042: differences between stages are noise.
 What the full experiment found (preset `study`: 4,096 SFT rows, 2,048 preference rows, 1,000 test rows, 3 seeds,
-paired intervals) is printed under the table when this is a clone of the repository
-(examples/results/movielens-study-fp32, examples/notebooks/sdpo_movielens.ipynb).
+paired intervals) is printed under the table, from its run JSONs in --study_dir: by default
+studies/movielens-study-fp32 of the working directory, which is there when the demo runs from the root of a clone of
+the repository (examples/notebooks/sdpo_movielens.ipynb tells the whole study).
 
 examples:
   trl-sdpo demo
@@ -68,8 +70,36 @@ COLUMNS = (
 )
 
 
+# The MovieLens study's committed `test` runs in fp32 (the precision every seed could run in), relative to the working
+# directory: the repository's studies/ folder is neither in the wheel nor in the source distribution.
+REPRODUCTION_DIR = "studies/movielens-study-fp32"
+REPRODUCTION_NOTEBOOK = "examples/notebooks/sdpo_movielens.ipynb"
+
+
+@dataclass
+class StudyArguments:
+    """
+    Which committed study the demo shows under its own table.
+
+    Parameters:
+        study_dir (`str`, defaults to `"studies/movielens-study-fp32"`):
+            Folder of the full MovieLens experiment's run JSONs (`test/<method>/seed<seed>.json`), relative to the
+            working directory. When it holds no test runs the demo says so in one line and shows only its own job.
+    """
+
+    _argument_group_name = "Full experiment"
+
+    study_dir: str = field(
+        default=REPRODUCTION_DIR,
+        metadata={
+            "help": "Run JSONs of the full MovieLens experiment, whose test table is printed under the demo's own "
+            "(relative to the working directory; a clone of the repository has them)."
+        },
+    )
+
+
 def make_demo_parser():
-    return make_parser("demo", DESCRIPTION, [DemoArguments])
+    return make_parser("demo", DESCRIPTION, [DemoArguments, StudyArguments])
 
 
 def _bf16(args: DemoArguments) -> bool:
@@ -100,17 +130,11 @@ def _training_config(config_class, args: DemoArguments, stage: str, **overrides)
     )
 
 
-# The MovieLens study's committed `test` runs (issue 17: the table in fp32, the precision every seed could run in),
-# present in a clone of the repository (not in a wheel).
-REPRODUCTION_DIR = Path(__file__).resolve().parents[2] / "examples" / "results" / "movielens-study-fp32"
-REPRODUCTION_NOTEBOOK = "examples/notebooks/sdpo_movielens.ipynb"
-
-
-def reproduction_summary(directory: Path = REPRODUCTION_DIR) -> str | None:
+def reproduction_summary(directory: str | Path) -> str | None:
     """
     The full MovieLens experiment's main table (test split, mean ± std over seeds) from its committed run JSONs.
 
-    Returns `None` when the folder or its test runs are absent (an installed wheel has no `examples/`).
+    Returns `None` when the folder or its test runs are absent.
     """
     from ..rec.study import load_study, missing_runs, summary_table
     from ..rec.study.claims import claim_check, describe_claims
@@ -222,7 +246,7 @@ def _timed(timings: dict[str, float], name: str):
 
 
 def run(command: str, argv: list[str]) -> int:
-    (args,) = parse(make_demo_parser(), argv)
+    args, study = parse(make_demo_parser(), argv)
     setup_logging()
     import torch
     from transformers import set_seed
@@ -328,12 +352,12 @@ def run(command: str, argv: list[str]) -> int:
     timings["total"] = round(time.perf_counter() - start, 1)
     results["timings_s"] = timings
     results["machine"], results["versions"] = machine_info(), package_versions()
-    results["settings"] = settings(args)
-    _finish(args, results, output_dir)
+    results["settings"] = settings(args, study)
+    _finish(args, results, output_dir, study.study_dir)
     return 0
 
 
-def _finish(args: DemoArguments, results: dict[str, Any], output_dir: Path) -> None:
+def _finish(args: DemoArguments, results: dict[str, Any], output_dir: Path, study_dir: str) -> None:
     report_path = Path(args.report) if args.report else output_dir / "report.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -355,9 +379,13 @@ def _finish(args: DemoArguments, results: dict[str, Any], output_dir: Path) -> N
     )
     print(f"Per stage (s): {results['timings_s']}")
     print(f"Report: {report_path}" + (f"   Plot: {plot_path}" if plotted else ""))
-    summary = reproduction_summary()
-    if summary:
-        print(f"\n{summary}")
+    summary = reproduction_summary(study_dir)
+    if summary is None:
+        summary = (
+            f"The full experiment's table is not shown: no test runs in {study_dir} (--study_dir). Run the demo from "
+            f"the root of a clone of the repository, which has them in {REPRODUCTION_DIR}, or point --study_dir there."
+        )
+    print(f"\n{summary}")
     print(
         f"\nThese slices are small (one row moves HR@1 by 1/{n:d}): they show the path, not a result. To scale up: "
         "more rows and steps "

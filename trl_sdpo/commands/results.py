@@ -11,7 +11,7 @@ per study and split the machine and package versions, the main table (mean ± st
 comparisons (S-DPO − DPO, S-DPO − SFT-continued, DPO − SFT-continued), the claim check, and every run found.
 
 example:
-  trl-sdpo results examples/results/movielens --output docs/results.md
+  trl-sdpo results studies/movielens --output docs/results.md
 """
 
 

@@ -16,7 +16,9 @@ from .args import (
 )
 from .common import (
     build_rec_examples,
+    card_and_push,
     cpu_training_defaults,
+    hub_base_model,
     load_model,
     load_rec_dataset,
     lora_config,
@@ -104,6 +106,14 @@ def _save_and_report(command, model, tokenizer, metrics, dataset, split, num_row
     if not args.distributed_state.is_main_process:  # under `accelerate launch` every process gets here: one writes
         return 0
     save_model(model, tokenizer, args.output_dir, merge=model_args.merge_adapter)
+    card_and_push(
+        args.output_dir,
+        args,
+        method="S-DPO" if command == "train" else "SFT",
+        settings=_card_settings(command, args, cmd_args, dataset, split, num_rows),
+        base_model=hub_base_model(model_args),
+        sdpo=command == "train",
+    )
     report = {
         "command": command,
         "dataset": dataset.summary(),
@@ -116,6 +126,15 @@ def _save_and_report(command, model, tokenizer, metrics, dataset, split, num_row
     }
     write_report(cmd_args.report, report)
     return 0
+
+
+def _card_settings(command, args, cmd_args, dataset, split, num_rows) -> dict[str, str]:
+    from ..model_card import sdpo_settings
+
+    data = {"Data": f"{num_rows} {dataset.name} {split} rows (trl_sdpo.rec)"}
+    if command == "train":
+        return {**data, "Negatives": f"{cmd_args.negative_strategy} wrong candidates", **sdpo_settings(args)}
+    return {**data, "Learning rate": f"{args.learning_rate:g}", "Max steps": str(args.max_steps)}
 
 
 def _load_inputs(parsed):

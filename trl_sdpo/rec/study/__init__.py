@@ -5,6 +5,7 @@ run JSONs it writes. One module per job:
 - `config`: the study YAML (dataclasses, presets, validation).
 - `runner`: `run_experiment` and `plan`: every (method, seed) of a study on one split, one run JSON each.
 - `stages`: the SFT stage (and its learning curve) and the preference stage of a method.
+- `context`: what the stages of one call share (`StudyContext`: config, dataset, rows computed once per seed).
 - `models`: the starting model, checkpoints and the TRL config of a stage.
 - `records`: run JSON paths and recorded settings, checkpoint folders, atomic writes.
 - `resumable`: Trainer checkpoints to resume from across sittings, the record of each sitting, curve points.
@@ -15,9 +16,7 @@ run JSONs it writes. One module per job:
 - `claims`, `selection`, `sweep`, `report`, `plots`: the claim check, choosing settings on valid, the k/beta sweep,
   docs/results.md, figures.
 
-`trl_sdpo.rec.study` itself keeps the names of the former `trl_sdpo.rec.study` module (the analysis), so code that
-imported them from there still works; the other former modules (`trl_sdpo.rec.experiments`, `experiment_config`,
-`study_claims`, `study_selection`, `study_sweep`, `study_plots`, `study_report`) forward to their new places until 0.4.0.
+`trl_sdpo.rec.study` itself exports the analysis names (`load_study`, `summary_table`, `compare_methods`, ...).
 """
 
 from .analysis import (

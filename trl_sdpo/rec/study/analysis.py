@@ -36,7 +36,7 @@ SUMMARY_METRICS = (
     ("ranking/mrr", "ranking", "mrr"),
 )
 ROW_METRICS = tuple(key for key, _, _ in SUMMARY_METRICS)
-# The comparisons issue 7 names: (a, b) read as "a minus b".
+# The comparisons the claim names (`trl_sdpo.rec.study.claims`): (a, b) read as "a minus b".
 COMPARISONS = (("sdpo", "dpo"), ("sdpo", "sft-continued"), ("dpo", "sft-continued"))
 CLAIM_METRICS = ("ranking/hr@1", "ranking/ndcg@5")
 _REQUIRED = ("schema", "study", "preset", "method", "kind", "seed", "split", "config", "metrics", "rows", "timings_s")
@@ -487,7 +487,7 @@ def compare_methods(
     seed: int = 0,
 ) -> list[PairedComparison]:
     """
-    Paired comparisons `a - b` of `pairs` on each metric; by default the ones issue 7 names (S-DPO - DPO,
+    Paired comparisons `a - b` of `pairs` on each metric; by default the ones the claim names (S-DPO - DPO,
     S-DPO - SFT-continued, DPO - SFT-continued). The sweeps and the other-lists comparisons pass their own pairs.
 
     Pairs whose methods have no runs on `split` are left out (the claim check reports them as not run).

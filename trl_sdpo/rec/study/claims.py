@@ -1,10 +1,10 @@
 """
-Issue 7's claim checked part by part on a study's runs, as data (`ClaimPart`) and in words (`describe_claims`).
+The claim the studies test, checked part by part on a study's runs, as data (`ClaimPart`) and in words (`describe_claims`).
 
 The claim: S-DPO > DPO > SFT-continued on ranking HR@1 and NDCG@5 by more than 2 seed-sigma with paired intervals
 above 0; generation ValidRatio >= 0.95 from SFT on; S-DPO above most-popular.
 
-A comparison can only refute the claim if it could have shown it (issue 17). Two rules, fixed before the study that
+A comparison can only refute the claim if it could have shown it. Two rules, fixed before the study that
 decides ran:
 - The preference stage must have moved the model: for dpo and sdpo, held-out pairwise reward accuracy (rows pooled
   over seeds) with a 95% interval above 0.5 and a mean held-out margin of at least `heldout.MIN_MARGIN` nats
@@ -34,7 +34,7 @@ MOVEMENT_METHODS = ("dpo", "sdpo")
 @dataclass
 class ClaimPart:
     """
-    One part of issue 7's claim and whether the runs support it.
+    One part of the claim and whether the runs support it.
 
     Args:
         name (`str`): What is claimed, e.g. `"S-DPO > DPO on ranking/hr@1"`.
@@ -142,7 +142,7 @@ def claim_check(
     effect: float = EFFECT,
 ) -> list[ClaimPart]:
     """
-    Check issue 7's claim on one split, part by part.
+    Check the claim on one split, part by part.
 
     The parts: S-DPO > DPO and DPO > SFT-continued on ranking HR@1 and NDCG@5, each by more than 2 seed-sigma and with
     a paired bootstrap interval above 0; generation ValidRatio (paper rule, mean over seeds) >= `min_valid_ratio` for

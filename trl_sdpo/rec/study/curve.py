@@ -2,9 +2,10 @@
 The SFT learning curve of a study and the rule that picks the SFT model the preference stage starts from.
 
 A study with `sft.curve_rows` evaluates methods of kind `sft` with `sft_rows` (one per curve point) on `valid`. The
-rule, fixed before the curve is looked at (issue 17): walk the points in order; the pick is the first point whose
-successor does not beat it on valid ranking NDCG@5 with a paired 95% interval above 0. If every point beats the one
-before, the last point. `sft.start_rows: auto` applies it when the preference stage runs.
+rule, fixed before the curve is looked at so that the pick cannot follow the outcome: walk the points in order; the
+pick is the first point whose successor does not beat it on valid ranking NDCG@5 with a paired 95% interval above 0.
+If every point beats the one before, the last point. `sft.start_rows: auto` applies it when the preference stage
+runs.
 """
 
 from __future__ import annotations

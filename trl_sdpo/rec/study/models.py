@@ -90,7 +90,7 @@ def training_args(config_class, config: ExperimentConfig, stage: StageSettings, 
     checkpoint kept every `stage.save_steps` steps (none when unset)."""
     import torch
 
-    from ...machine import FAST_OPTIMIZER, precision_kwargs
+    from ..machine import FAST_OPTIMIZER, precision_kwargs
     from .resumable import checkpoint_kwargs
 
     length = {"max_steps": stage.steps} if stage.steps is not None else {"num_train_epochs": stage.epochs}

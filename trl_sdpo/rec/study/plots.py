@@ -213,3 +213,38 @@ def plot_sft_curve(
         ax.set_title(f"{HEADERS.get(metric, metric)} ({split})")
     fig.tight_layout()
     return fig
+
+
+def plot_orderings(verdicts: Sequence[Any]):
+    """
+    A forest plot of orderings: one line per ordering and metric, its row-level interval (rows the replicates) and
+    its seed-level t-interval (training runs the replicates) side by side against 0, the verdict beside it.
+
+    Args:
+        verdicts (`Sequence[OrderingVerdict]`): From [`~trl_sdpo.rec.study.replication.replicated_verdicts`];
+            orderings without runs are left out.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    plt = _pyplot()
+    shown = [v for v in verdicts if v.comparison is not None]
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(shown) + 1.2))
+    for i, verdict in enumerate(shown):
+        c, y = verdict.comparison, len(shown) - 1 - i
+        for offset, (low, high), color, label in (
+            (0.15, (c.row_low, c.row_high), "tab:blue", "row level (eval rows)"),
+            (-0.15, (c.t_low, c.t_high), "tab:red", "seed level (t-interval over training runs)"),
+        ):
+            if not np.isnan(low):
+                ax.plot([low, high], [y + offset] * 2, color=color, lw=2, label=label if i == 0 else None)
+        ax.plot([c.mean_diff], [y], "ko", ms=4)
+        ax.annotate(verdict.verdict, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.axvline(0.0, color="grey", lw=1)
+    ax.set_yticks(range(len(shown)), [v.name for v in reversed(shown)], fontsize=8)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(6))
+    ax.set_xlabel("difference a - b (95% intervals)")
+    if shown:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(shown)), ncol=2)
+    fig.tight_layout()
+    return fig

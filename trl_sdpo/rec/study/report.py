@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...machine import describe_machine
+from ..machine import describe_machine
 from .analysis import (
     SUMMARY_METRICS,
     PairedComparison,

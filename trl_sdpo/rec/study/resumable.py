@@ -102,7 +102,7 @@ class SittingCallback(TrainerCallback):
 
     Args:
         folder (`str` or `Path`): The trainer folder.
-        machine (`dict`): [`~trl_sdpo.machine.machine_info`] of this machine.
+        machine (`dict`): [`~trl_sdpo.rec.machine.machine_info`] of this machine.
         resumed_from (`str` or `None`): The checkpoint this sitting started from.
         precision (`str`, *optional*): What this sitting trains in (`"bf16"` or `"fp32"`), checked on resuming.
     """

@@ -15,14 +15,13 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from ...machine import precision_name, resolve_bf16
+from ..machine import precision_name, resolve_bf16
 from . import models, stages
 from .config import (
     BASELINE_KINDS,
@@ -35,6 +34,7 @@ from .config import (
     for_split,
     stage_steps,
 )
+from .context import StudyContext
 from .records import (
     SCHEMA,
     STAGE_MARKER,
@@ -103,7 +103,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
     """
     split = split or config.eval_split
     config, _ = resolve_start(for_split(config, split), required=False)
-    runner = Runner(config, split, show_progress=False)  # only for where trained models are kept (no data loaded)
+    context = StudyContext(config)  # only for where trained models are kept (no data loaded)
     todo, done, sft_to_train = [], [], []
     steps = 0
     lm_evaluations = 0
@@ -117,7 +117,7 @@ def plan(config: ExperimentConfig, split: str | None = None) -> dict[str, Any]:
             if method.kind in ("sft", *PREFERENCE_KINDS):
                 needs_sft = True
             if method.kind in PREFERENCE_KINDS:
-                kept = config.sft.start_rows != "auto" and stages.kept_model_dir(runner, method, seed)
+                kept = config.sft.start_rows != "auto" and stages.kept_model_dir(context, method, seed)
                 if not (kept and (kept / STAGE_MARKER).exists()):  # a model another run kept is only evaluated
                     steps += stage_steps(method.settings) or 0
             if method.kind in LM_KINDS and not (method.kind == "base" and lm_evaluations and seed != config.seeds[0]):
@@ -195,12 +195,9 @@ def describe_plan(config: ExperimentConfig, split: str | None = None) -> str:
 class Runner:
     def __init__(self, config: ExperimentConfig, split: str, show_progress: bool):
         self.config, self.split, self.show_progress = config, split, show_progress
-        self.output_dir = Path(config.output_dir)
-        self._preference_cache: dict[tuple, Any] = {}
-        # Prepared preference rows with the SFT model's reference log-probs, computed once per seed and rows and
-        # shared by every method that trains on them (dpo reads the first negative's columns)
-        self._reference_cache: dict[tuple, Any] = {}
-        self.bf16 = resolve_bf16(config.bf16)
+        # What the stages share (the dataset, the preference and reference rows of each seed); they get only this
+        self.context = StudyContext(config)
+        self.output_dir, self.bf16 = self.context.output_dir, self.context.bf16
         self.start_pick = None  # the curve rule's outcome when `sft.start_rows` is auto (set by run_experiment)
         self._base_result: dict[str, Any] | None = None
 
@@ -211,46 +208,23 @@ class Runner:
 
         c = self.config
         self.dataset = load_dataset_by_name(c.dataset, data_dir=c.data_dir, min_history=c.min_history)
+        self.context.dataset = self.dataset
+        options = self.context.example_options()
         self.eval_examples = build_examples(
-            self.dataset, self.split, seed=c.data_seed, max_rows=c.eval_rows, **self._rows()
+            self.dataset, self.split, seed=c.data_seed, max_rows=c.eval_rows, **options
         )
         self.row_ids = row_ids_of(self.eval_examples)
         # The same rows with other samplers' candidate lists (the rows are drawn before the lists, by `data_seed`)
         self.other_examples = {}
         for sampler in c.extra_eval_samplers:
-            rows = self._rows() | {"sampler": sampler}
+            rows = options | {"sampler": sampler}
             examples = build_examples(self.dataset, self.split, seed=c.data_seed, max_rows=c.eval_rows, **rows)
             if row_ids_of(examples) != self.row_ids:
                 raise RuntimeError(f"The {sampler} lists were built for other rows than the study's eval rows.")
             self.other_examples[sampler] = examples
         self._train_lists: dict[str, tuple[list, list]] = {}
 
-    def _rows(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "num_candidates": c.num_candidates,
-            "sampler": c.sampler,
-            "conversational": c.conversational,
-            "paraphrase": c.paraphrase,
-        }
-
-    def train_examples(self, rows: int, seed: int):
-        from ..builders import build_examples
-
-        return build_examples(self.dataset, "train", seed=seed, max_rows=rows, **self._rows())
-
     # ---------------------------------------------------------------- SFT checkpoint
-    def sft_model_id(self, seed: int, spelt: bool = False) -> str:
-        """
-        The SFT model that training seed `seed`'s preference stage starts from, as the key of what is kept from it
-        (trained preference models, reference log-probs): its folder relative to the output folder, so the key is
-        the same however `--output_dir` is spelt (absolute or relative) and wherever the study folder lies.
-        `spelt=True` gives the folder as the output folder was spelt, the key before that (still looked up).
-        """
-        sft_seed = seed if self.config.sft_seed is None else self.config.sft_seed
-        folder = sft_checkpoint_dir(self.config, sft_seed, self.config.sft.start_rows)
-        return str(folder) if spelt else os.path.relpath(folder.resolve(), self.output_dir.resolve())
-
     def sft_settings(self, seed: int) -> dict[str, Any]:
         """What the SFT stage of a seed was trained with (`start_rows` only picks a point afterwards)."""
         stage = stage_record(self.config.sft, drop=("start_rows",))
@@ -264,7 +238,8 @@ class Runner:
         marker = directory / STAGE_MARKER
         trained = not marker.is_file()
         if trained:
-            stages.train_sft_checkpoint(self, seed, sft_checkpoint_dir(self.config, seed), settings, until_rows=rows)
+            end = sft_checkpoint_dir(self.config, seed)  # the stage's folder; `directory` may be a curve point
+            stages.train_sft_checkpoint(self.context, seed, end, settings, until_rows=rows)
         record = json.loads(marker.read_text())
         if record.get("settings") != settings:
             raise ConfigError(
@@ -380,7 +355,7 @@ class Runner:
                 extra["sft_sittings"] = record["sittings"]
             if "retrained" in record:
                 extra["sft_retrained"] = record["retrained"]
-            kept = stages.kept_model_dir(self, method, seed)
+            kept = stages.kept_model_dir(self.context, method, seed)
             if method.kind == "sft":
                 model, tokenizer = models.load_checkpoint(directory, self.config)
                 log_history = record["log_history"]
@@ -394,7 +369,9 @@ class Runner:
             else:
                 model, tokenizer = models.load_checkpoint(directory, self.config)
                 with timed(timings, "train"):
-                    model, log_history, info = stages.train_preference(self, method, seed, model, tokenizer, kept)
+                    model, log_history, info = stages.train_preference(
+                        self.context, method, seed, model, tokenizer, kept
+                    )
                 if kept is not None:
                     timings["train"] = sitting_seconds(info["sittings"])
                     extra["trained_model"] = str(kept)
@@ -505,7 +482,7 @@ def run_experiment(
     Returns:
         `dict` with `"written"`, `"skipped"` and `"unavailable"` lists of (method, seed).
     """
-    from ...machine import machine_info, package_versions
+    from ..machine import machine_info, package_versions
 
     split = split or config.eval_split
     if split not in ("valid", "test"):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...machine import precision_name
+from ..machine import precision_name
 from . import models
 from .config import (
     PREFERENCE_KINDS,
@@ -43,7 +43,7 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from .runner import Runner
+    from .context import StudyContext
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ PREFERENCE_SEED_OFFSET = 1_000_003
 
 
 def train_sft_checkpoint(
-    runner: Runner, seed: int, directory: Path, settings: dict[str, Any], until_rows: int | None = None
+    context: StudyContext, seed: int, directory: Path, settings: dict[str, Any], until_rows: int | None = None
 ) -> dict[str, Any] | None:
     """
     Train the SFT stage of a seed from the base model and save it (merged) with its record, atomically; with
@@ -63,14 +63,14 @@ def train_sft_checkpoint(
     from transformers import set_seed
     from trl import SFTConfig
 
-    from ...machine import machine_info
     from ..builders import build_sft_dataset
+    from ..machine import machine_info
     from ..training import train_sft
     from .resumable import CurveCallback, SittingCallback, fresh_folder, prepare_folder, read_sittings
 
-    config, stage = runner.config, runner.config.sft
+    config, stage = context.config, context.config.sft
     trainer_dir = directory.parent / "trainer-sft"
-    precision = precision_name(runner.bf16)
+    precision = precision_name(context.bf16)
     resume = prepare_folder(trainer_dir, settings, precision) if stage.save_steps else fresh_folder(trainer_dir)
     logger.info(
         f"[experiment] SFT of seed {seed}: {stage_steps(stage)} steps, saved to {directory}"
@@ -78,7 +78,7 @@ def train_sft_checkpoint(
     )
     set_seed(seed)
     model, tokenizer = models.load_base_model(config)
-    examples = runner.train_examples(stage.train_rows, seed)
+    examples = context.train_examples(stage.train_rows, seed)
     batch = stage.batch_size * stage.gradient_accumulation_steps
 
     sitting = SittingCallback(trainer_dir, machine_info(), str(resume) if resume else None, precision)
@@ -153,7 +153,7 @@ def _rows_key(method: MethodConfig, seed: int) -> tuple:
     return (seed, s.train_rows, s.num_negatives, s.negative_strategy, s.heldout_rows)
 
 
-def kept_model_dir(runner: Runner, method: MethodConfig, seed: int) -> Path | None:
+def kept_model_dir(context: StudyContext, method: MethodConfig, seed: int) -> Path | None:
     """
     Where a resumable preference run (`save_steps` set) keeps its Trainer checkpoints and, at the end, its trained
     model: `checkpoints/seed<seed>/<kind>-<digest of what decides the result>`, so the same training under another
@@ -163,16 +163,16 @@ def kept_model_dir(runner: Runner, method: MethodConfig, seed: int) -> Path | No
     if method.kind not in PREFERENCE_KINDS or method.settings.save_steps is None:
         return None
     return keyed_folder(
-        runner.output_dir / "checkpoints" / f"seed{seed}",
+        context.output_dir / "checkpoints" / f"seed{seed}",
         method.kind,
-        lambda spelt: kept_key(runner, method, seed, spelt),
+        lambda spelt: kept_key(context, method, seed, spelt),
     )
 
 
 def keyed_folder(parent: Path, prefix: str, key: Callable[[bool], Any]) -> Path:
     """
     `parent/<prefix>-<digest of key(False)>`; where only the folder of `key(True)` exists (the key with the SFT model's
-    path as the output folder was spelt, see `Runner.sft_model_id`), that one, so that models and log-probs kept
+    path as the output folder was spelt, see `StudyContext.sft_model_id`), that one, so that models and log-probs kept
     before the key changed are used, not computed again.
     """
     path = parent / f"{prefix}-{digest(key(False))}"
@@ -196,17 +196,17 @@ _EVAL_ONLY_KEYS = (
 )
 
 
-def kept_key(runner: Runner, method: MethodConfig, seed: int, spelt: bool = False) -> dict[str, Any]:
+def kept_key(context: StudyContext, method: MethodConfig, seed: int, spelt: bool = False) -> dict[str, Any]:
     """What decides a preference run's trained model: its settings without the method's name and the evaluation's,
-    the SFT model (`spelt`: see `Runner.sft_model_id`), the seed."""
-    key = run_settings(runner.config, method) | {"sft_model": runner.sft_model_id(seed, spelt), "seed": seed}
+    the SFT model (`spelt`: see `StudyContext.sft_model_id`), the seed."""
+    key = run_settings(context.config, method) | {"sft_model": context.sft_model_id(seed, spelt), "seed": seed}
     key["method"].pop("name")
     for name in _EVAL_ONLY_KEYS:
         key.pop(name, None)
     return key
 
 
-def preference_rows(runner: Runner, method: MethodConfig, seed: int, model, tokenizer):
+def preference_rows(context: StudyContext, method: MethodConfig, seed: int, model, tokenizer):
     """
     The preference examples and S-DPO rows of a method, and the held-out S-DPO rows drawn with them (disjoint, from
     the train split; `None` without `heldout_rows`); cached so that dpo and sdpo train on the same rows.
@@ -215,9 +215,9 @@ def preference_rows(runner: Runner, method: MethodConfig, seed: int, model, toke
 
     s = method.settings
     key = _rows_key(method, seed)
-    if key not in runner._preference_cache:
+    if key not in context.preference_cache:
         drawn = None if s.train_rows is None else s.train_rows + s.heldout_rows
-        examples = runner.train_examples(drawn, seed + PREFERENCE_SEED_OFFSET)
+        examples = context.train_examples(drawn, seed + PREFERENCE_SEED_OFFSET)
         if s.heldout_rows and len(examples) <= s.heldout_rows:
             raise ConfigError(f"`heldout_rows` ({s.heldout_rows}) leaves no training rows of {len(examples)} drawn.")
         examples, heldout = (
@@ -231,16 +231,18 @@ def preference_rows(runner: Runner, method: MethodConfig, seed: int, model, toke
                 num_negatives=s.num_negatives,
                 strategy=s.negative_strategy,
                 seed=seed,
-                dataset=runner.dataset,
+                dataset=context.dataset,
                 model=model if hard else None,
                 tokenizer=tokenizer if hard else None,
             )
 
-        runner._preference_cache[key] = (examples, build(examples), build(heldout) if heldout else None)
-    return runner._preference_cache[key]
+        context.preference_cache[key] = (examples, build(examples), build(heldout) if heldout else None)
+    return context.preference_cache[key]
 
 
-def reference_rows(runner: Runner, method: MethodConfig, seed: int, model, tokenizer, rows, part: str = "train"):
+def reference_rows(
+    context: StudyContext, method: MethodConfig, seed: int, model, tokenizer, rows, part: str = "train"
+):
     """
     The S-DPO rows tokenized, with the SFT model's reference log-probs of every completion as columns: computed once
     per seed and rows, before any method of the seed trains, and shared by sdpo and dpo (which reads the first
@@ -254,19 +256,19 @@ def reference_rows(runner: Runner, method: MethodConfig, seed: int, model, token
 
     s = method.settings
     key = (*_rows_key(method, seed), part)
-    if key not in runner._reference_cache:
-        seed_dir = runner.output_dir / "checkpoints" / f"seed{seed}"
+    if key not in context.reference_cache:
+        seed_dir = context.output_dir / "checkpoints" / f"seed{seed}"
         args = training_args(
-            SDPOConfig, runner.config, s, seed, seed_dir / "trainer-reference", precompute_ref_log_probs=True
+            SDPOConfig, context.config, s, seed, seed_dir / "trainer-reference", precompute_ref_log_probs=True
         )
         stored = None
         if s.save_steps is not None:
-            what = {"rows": key, "max_length": runner.config.max_length, "precision": precision_name(runner.bf16)}
+            what = {"rows": key, "max_length": context.config.max_length, "precision": precision_name(context.bf16)}
             stored = keyed_folder(
-                seed_dir, f"reference-{part}", lambda spelt: what | {"sft": runner.sft_model_id(seed, spelt)}
+                seed_dir, f"reference-{part}", lambda spelt: what | {"sft": context.sft_model_id(seed, spelt)}
             )
         if stored is not None and (stored / "dataset_info.json").is_file():
-            runner._reference_cache[key] = load_from_disk(str(stored))
+            context.reference_cache[key] = load_from_disk(str(stored))
         else:
             prepared = precompute_reference(model, tokenizer, rows, args)
             if stored is not None:
@@ -276,11 +278,13 @@ def reference_rows(runner: Runner, method: MethodConfig, seed: int, model, token
 
                     shutil.rmtree(stored)
                 os.replace(stored.with_name(stored.name + ".tmp"), stored)
-            runner._reference_cache[key] = prepared
-    return runner._reference_cache[key]
+            context.reference_cache[key] = prepared
+    return context.reference_cache[key]
 
 
-def train_preference(runner: Runner, method: MethodConfig, seed: int, model, tokenizer, kept: Path | None = None):
+def train_preference(
+    context: StudyContext, method: MethodConfig, seed: int, model, tokenizer, kept: Path | None = None
+):
     """
     Train sft-continued, dpo or sdpo from the SFT model; returns (plain model, log history, info for the JSON).
 
@@ -293,27 +297,27 @@ def train_preference(runner: Runner, method: MethodConfig, seed: int, model, tok
     from trl import DPOConfig, SFTConfig
 
     from ...config import SDPOConfig
-    from ...machine import machine_info
     from ..builders import build_sft_dataset
+    from ..machine import machine_info
     from ..training import plain_model, train_dpo, train_sdpo, train_sft
     from .heldout import HeldoutRewardsCallback
     from .resumable import SittingCallback, prepare_folder, read_sittings
 
-    config, s = runner.config, method.settings
-    examples, rows, heldout = preference_rows(runner, method, seed, model, tokenizer)
-    out = kept or runner.output_dir / "checkpoints" / f"seed{seed}" / f"trainer-{method.name}"
-    precision = precision_name(runner.bf16)
-    resume = prepare_folder(out, kept_key(runner, method, seed), precision) if kept else None
+    config, s = context.config, method.settings
+    examples, rows, heldout = preference_rows(context, method, seed, model, tokenizer)
+    out = kept or context.output_dir / "checkpoints" / f"seed{seed}" / f"trainer-{method.name}"
+    precision = precision_name(context.bf16)
+    resume = prepare_folder(out, kept_key(context, method, seed), precision) if kept else None
     callbacks = [SittingCallback(out, machine_info(), str(resume) if resume else None, precision)] if kept else []
     heldout_callback = None
     if heldout is not None:
         heldout_callback = HeldoutRewardsCallback(
-            reference_rows(runner, method, seed, model, tokenizer, heldout, part="heldout"),
+            reference_rows(context, method, seed, model, tokenizer, heldout, part="heldout"),
             beta=s.beta,
             pad_token_id=tokenizer.pad_token_id,
             max_length=config.max_length,
             batch_size=config.eval_batch_size,
-            bf16=runner.bf16,
+            bf16=context.bf16,
             every=s.eval_steps,
         )
         callbacks.append(heldout_callback)
@@ -332,7 +336,7 @@ def train_preference(runner: Runner, method: MethodConfig, seed: int, model, tok
         args = training_args(DPOConfig, config, s, seed, out, beta=s.beta, loss_type=["sigmoid"])
         model, metrics = train_dpo(model, tokenizer, pairs, args, peft_config=peft, **fit_kwargs)
     else:
-        prepared = reference_rows(runner, method, seed, model, tokenizer, rows)
+        prepared = reference_rows(context, method, seed, model, tokenizer, rows)
         # dpo: k=1 on the same rows, the first negative of each S-DPO row and its reference column. Equal to TRL's
         # DPOTrainer in loss and gradients (tests/test_dpo_compat.py) at the cost of an S-DPO k=1 step. dpo-pairs:
         # all k negatives, DPO's loss on each pair (equal to DPOTrainer on the split pairs, tests/test_ranking_losses.py).

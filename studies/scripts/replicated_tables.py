@@ -1,0 +1,89 @@
+"""
+The replicated MovieLens study's tables (preset `study-replicated`): first the orderings, each with its row-level and
+seed-level intervals and its verdict by the rule of `trl_sdpo.rec.study.replication` (S-DPO against DPO on all k
+pairs first), then every method's mean ± std over the pipeline seeds, the ValidRatio floor, and the runs still
+missing. Seed 0's runs that the `study` preset's fp32 folder already holds (the same SFT model, rows and settings)
+are read from there. From the repository root:
+
+    python studies/scripts/replicated_tables.py [--folder studies/movielens-replicated] [--plot orderings.png]
+
+With `--folder studies/movielens-study-fp32 --seed0 none` it applies the same rule to the one-SFT-model table
+(preference seeds 0-2 from SFT seed 0), where the seeds vary the preference stage only.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from trl_sdpo.rec.study import load_study, missing_runs
+from trl_sdpo.rec.study.replication import borrow_runs, replicated_verdicts, valid_ratio_floor
+
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_table import readme_table_of  # noqa: E402
+
+SPLIT = "test"
+
+
+def pipeline_runs(folder: str, seed0: str | None) -> list[dict]:
+    """The folder's runs, with seed 0's borrowed from `seed0` where the folder lacks them."""
+    runs = load_study(folder, missing_ok=True)
+    if seed0:
+        runs = borrow_runs(runs, load_study(seed0), seeds=(0,))
+    return runs
+
+
+def orderings_table(runs: list[dict], n_boot: int) -> str:
+    lines = [
+        "| ordering | metric | difference | per seed | seed-level t-interval | two-level bootstrap | row-level | "
+        "ValidRatio difference | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in replicated_verdicts(runs, SPLIT, n_boot=n_boot):
+        a_b, metric = v.name.split(" on ")
+        c = v.comparison
+        if c is None:
+            lines.append(f"| {a_b} | {metric} | — | — | — | — | — | — | {v.verdict} |")
+            continue
+        per_seed = ", ".join(f"{d:+.4f}" for d in c.per_seed_diff.values())
+        ratio = (
+            "—"
+            if v.valid_ratio is None
+            else f"{v.valid_ratio.mean_diff:+.4f} [{v.valid_ratio.row_low:+.4f}, {v.valid_ratio.row_high:+.4f}]"
+        )
+        lines.append(
+            f"| {a_b} | {metric} | {c.mean_diff:+.4f} | {per_seed} | [{c.t_low:+.4f}, {c.t_high:+.4f}] | "
+            f"[{c.boot_low:+.4f}, {c.boot_high:+.4f}] | [{c.row_low:+.4f}, {c.row_high:+.4f}] | {ratio} | {v.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", default="studies/movielens-replicated")
+    parser.add_argument("--seed0", default="studies/movielens-study-fp32", help="`none` to borrow nothing.")
+    parser.add_argument("--n_boot", type=int, default=10000)
+    parser.add_argument("--plot", default=None, help="Write the orderings' forest plot to this PNG file.")
+    args = parser.parse_args()
+    runs = pipeline_runs(args.folder, None if args.seed0 == "none" else args.seed0)
+    runs = [r for r in runs if r["split"] == SPLIT]
+    if not runs:
+        sys.exit(f"No `{SPLIT}` runs in {args.folder} yet.")
+    print(f"## Orderings ({SPLIT}, seeds as the replicates; the rule: trl_sdpo.rec.study.replication)\n")
+    print(orderings_table(runs, args.n_boot))
+    print("\n## Every method, mean ± std over the seeds\n")
+    print(readme_table_of(runs))
+    print("\n## ValidRatio >= 0.95 (mean over seeds)\n")
+    for method, ok, evidence in valid_ratio_floor(runs, SPLIT):
+        print(f"- {method}: {'yes' if ok else 'no' if ok is False else 'not run'}, {evidence}")
+    missing = missing_runs(runs)
+    print(f"\nRuns missing: {', '.join(f'{m}/seed{s}' for m, s in missing) if missing else 'none'}")
+    if args.plot:
+        from trl_sdpo.rec.study.plots import plot_orderings
+
+        figure = plot_orderings(replicated_verdicts(runs, SPLIT, n_boot=args.n_boot))
+        figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"Forest plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
