@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from trl_sdpo.rec.study import load_study, missing_runs
-from trl_sdpo.rec.study.replication import borrow_runs, replicated_verdicts, valid_ratio_floor
+from trl_sdpo.rec.study.replication import borrow_runs, replicated_verdicts, valid_ratio_floor, verdicts_markdown
 
 sys.path.insert(0, str(Path(__file__).parent))
 from readme_table import readme_table_of  # noqa: E402
@@ -32,31 +32,6 @@ def pipeline_runs(folder: str, seed0: str | None) -> list[dict]:
     return runs
 
 
-def orderings_table(runs: list[dict], n_boot: int) -> str:
-    lines = [
-        "| ordering | metric | difference | per seed | seed-level t-interval | two-level bootstrap | row-level | "
-        "ValidRatio difference | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for v in replicated_verdicts(runs, SPLIT, n_boot=n_boot):
-        a_b, metric = v.name.split(" on ")
-        c = v.comparison
-        if c is None:
-            lines.append(f"| {a_b} | {metric} | — | — | — | — | — | — | {v.verdict} |")
-            continue
-        per_seed = ", ".join(f"{d:+.4f}" for d in c.per_seed_diff.values())
-        ratio = (
-            "—"
-            if v.valid_ratio is None
-            else f"{v.valid_ratio.mean_diff:+.4f} [{v.valid_ratio.row_low:+.4f}, {v.valid_ratio.row_high:+.4f}]"
-        )
-        lines.append(
-            f"| {a_b} | {metric} | {c.mean_diff:+.4f} | {per_seed} | [{c.t_low:+.4f}, {c.t_high:+.4f}] | "
-            f"[{c.boot_low:+.4f}, {c.boot_high:+.4f}] | [{c.row_low:+.4f}, {c.row_high:+.4f}] | {ratio} | {v.verdict} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", default="studies/movielens-replicated")
@@ -69,7 +44,7 @@ def main() -> None:
     if not runs:
         sys.exit(f"No `{SPLIT}` runs in {args.folder} yet.")
     print(f"## Orderings ({SPLIT}, seeds as the replicates; the rule: trl_sdpo.rec.study.replication)\n")
-    print(orderings_table(runs, args.n_boot))
+    print(verdicts_markdown(replicated_verdicts(runs, SPLIT, n_boot=args.n_boot)))
     print("\n## Every method, mean ± std over the seeds\n")
     print(readme_table_of(runs))
     print("\n## ValidRatio >= 0.95 (mean over seeds)\n")

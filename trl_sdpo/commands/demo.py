@@ -138,6 +138,7 @@ def reproduction_summary(directory: str | Path) -> str | None:
     """
     from ..rec.study import load_study, missing_runs, summary_table
     from ..rec.study.claims import claim_check, describe_claims
+    from ..rec.study.replication import replicated_verdicts
     from ..rec.study.report import summary_markdown
 
     try:
@@ -156,11 +157,21 @@ def reproduction_summary(directory: str | Path) -> str | None:
     # The verdict's first line ("The claim holds" / "does not hold" / "Not tested: the preference stage did not move
     # the model"), so the table is not read alone
     verdict = describe_claims(claim_check(runs, "test")).splitlines()[0]
+    # The same orderings with the training runs as the replicates beside the rows (the stricter reading)
+    orderings = [
+        f"- {v.name}: {v.verdict} ({v.comparison.mean_diff:+.4f}; rows [{v.comparison.row_low:+.4f}, "
+        f"{v.comparison.row_high:+.4f}], seeds [{v.comparison.t_low:+.4f}, {v.comparison.t_high:+.4f}])"
+        for v in replicated_verdicts(runs, "test")
+        if v.comparison is not None
+    ]
     return (
         f"The full experiment ({REPRODUCTION_NOTEBOOK}; preset {runs[0]['preset']!r}, test split, "
         f"{runs[0]['metrics']['ranking']['n']} rows, mean ± std over seeds {seeds}; {_where(runs)}):\n\n"
         + summary_markdown(summary_table(runs, "test"))
         + f"\n\nClaim check (S-DPO > DPO > SFT-continued, ValidRatio >= 0.95, S-DPO > most-popular). {verdict}"
+        + "\n\nOrderings with the seeds as the replicates too (trl_sdpo.rec.study.replication: holds only when the"
+        " paired interval over the eval rows and the t-interval over the seeds both exclude 0):\n"
+        + "\n".join(orderings)
     )
 
 

@@ -96,9 +96,14 @@ def two_level_bootstrap(differences: np.ndarray, n_boot: int = 10000, seed: int 
     differences = np.asarray(differences, dtype=np.float64)
     n_seeds, n_rows = differences.shape
     rng = np.random.default_rng(seed)
-    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    rows = rng.integers(0, n_rows, size=(n_boot, n_seeds, n_rows))
-    means = differences[seeds[..., None], rows].mean(axis=(1, 2))
+    means = []
+    # In chunks of resamples: all at once, 10,000 x 3 seeds x 1,000 rows of indices would take 240 MB
+    for start in range(0, n_boot, 500):
+        size = min(500, n_boot - start)
+        seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
+        rows = rng.integers(0, n_rows, size=(size, n_seeds, n_rows))
+        means.append(differences[seeds[..., None], rows].mean(axis=(1, 2)))
+    means = np.concatenate(means)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
@@ -321,3 +326,30 @@ def borrow_runs(
             )
         out.append({**run, "borrowed_from": run["path"]})
     return out
+
+
+def verdicts_markdown(verdicts: Sequence[OrderingVerdict]) -> str:
+    """A Markdown table of judged orderings: the difference, per-seed values, the three intervals, the paired
+    ValidRatio difference and the verdict."""
+    lines = [
+        "| ordering | metric | difference | per seed | seed level: t-interval | two-level bootstrap | row level | "
+        "ValidRatio difference | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        a_b, metric = v.name.split(" on ")
+        c = v.comparison
+        if c is None:
+            lines.append(f"| {a_b} | {metric} | — | — | — | — | — | — | {v.verdict} |")
+            continue
+        per_seed = ", ".join(f"{d:+.4f}" for d in c.per_seed_diff.values())
+        ratio = "—"
+        if v.valid_ratio is not None:
+            r = v.valid_ratio
+            ratio = f"{r.mean_diff:+.4f} [{r.row_low:+.4f}, {r.row_high:+.4f}]"
+        lines.append(
+            f"| {a_b} | {metric} | {c.mean_diff:+.4f} | {per_seed} | [{c.t_low:+.4f}, {c.t_high:+.4f}] | "
+            f"[{c.boot_low:+.4f}, {c.boot_high:+.4f}] | [{c.row_low:+.4f}, {c.row_high:+.4f}] | {ratio} | "
+            f"{v.verdict} |"
+        )
+    return "\n".join(lines)
