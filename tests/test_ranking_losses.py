@@ -14,7 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 from reference import float64_sequence_logp
-from test_dpo_compat import COMMON, ROWS, assert_same_steps, moved, train_both
+from test_dpo_compat import COMMON, ROWS, Recorder, assert_same_steps, moved, train_both
 from tiny import make_model, make_tokenizer
 from tolerances import assert_fp32_close, assert_fp32_dicts_close, magnitude
 from trl import DPOConfig, DPOTrainer
@@ -221,18 +221,10 @@ def test_split_into_pairs_names_the_bad_row():
 def one_sgd_step(trainer):
     """Train one step; return the loss and every parameter's update."""
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    losses = []
-    inner = trainer.compute_loss
-
-    def compute_loss(*args, **kwargs):
-        loss = inner(*args, **kwargs)
-        losses.append(loss.item())
-        return loss
-
-    trainer.compute_loss = compute_loss
+    recorder = Recorder(trainer)
     trainer.train()
-    assert len(losses) == 1
-    return losses[0], {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
+    assert len(recorder.losses) == 1
+    return recorder.losses[0], {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
 
 
 @pytest.mark.parametrize("arch", ["llama", "lfm2"])  # lfm2: a conv hybrid, where the shared prefix falls back to rows
