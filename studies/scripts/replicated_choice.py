@@ -5,7 +5,7 @@ test methods use them. From the repository root:
 
     python studies/scripts/replicated_choice.py [--scratch DIR]
 
-`sdpo`'s grid is this folder's `sdpo-lr3e-4` beside the fp32 `sdpo-lr1e-4` of `studies/movielens-precision/` (the same
+`sdpo`'s grid is this folder's `sdpo-lr3e-4` and `sdpo-lr1e-3` beside the fp32 `sdpo-lr1e-4` of `studies/movielens-precision/` (the same
 SFT model, rows and settings but the rate; checked here), which the `study` preset chose in bf16 over 1e-5 and 3e-5.
 `dpo-pairs`' grid is this folder's `dpo-pairs-lr{1e-5,3e-5,1e-4}`. Exits 1 (saying why) while a grid run is missing
 or the preset's rate differs from the choice: `studies/scripts/replicated_queue.sh` runs no `test` run until then.
@@ -21,7 +21,10 @@ from trl_sdpo.rec.study.selection import select_variants
 
 FOLDER = "studies/movielens-replicated"
 INCUMBENT = "studies/movielens-precision"  # its fp32 valid run of sdpo-lr1e-4
-GRID = {"sdpo": ["sdpo-lr1e-4", "sdpo-lr3e-4"], "dpo-pairs": [f"dpo-pairs-lr{r}" for r in ("1e-5", "3e-5", "1e-4")]}
+GRID = {
+    "sdpo": ["sdpo-lr1e-4", "sdpo-lr3e-4", "sdpo-lr1e-3"],
+    "dpo-pairs": [f"dpo-pairs-lr{r}" for r in ("1e-5", "3e-5", "1e-4")],
+}
 
 
 def without(config: dict, *keys: str) -> dict:
