@@ -3,12 +3,14 @@ The learning rates the replicated MovieLens study (preset `study-replicated`) ch
 preset's rule (per kind, the highest mean valid ranking NDCG@5; a tie keeps the lower rate), and whether the preset's
 test methods use them. From the repository root:
 
-    python studies/scripts/replicated_choice.py [--scratch DIR]
+    python studies/scripts/replicated_choice.py [--scratch DIR] [--missing]
 
-`sdpo`'s grid is this folder's `sdpo-lr3e-4` and `sdpo-lr1e-3` beside the fp32 `sdpo-lr1e-4` of `studies/movielens-precision/` (the same
+The grid of a kind is the preset's methods of that kind other than its test method (`sdpo-lr3e-4`, ...), so a rate
+added to the grid is one line of the YAML. `sdpo-lr1e-4` is the fp32 run of `studies/movielens-precision/` (the same
 SFT model, rows and settings but the rate; checked here), which the `study` preset chose in bf16 over 1e-5 and 3e-5.
-`dpo-pairs`' grid is this folder's `dpo-pairs-lr{1e-5,3e-5,1e-4}`. Exits 1 (saying why) while a grid run is missing
-or the preset's rate differs from the choice: `studies/scripts/replicated_queue.sh` runs no `test` run until then.
+Exits 1 (saying why) while a grid run is missing or the preset's rate differs from the choice:
+`studies/scripts/replicated_queue.sh` runs no `test` run until then. `--missing` prints the grid runs still to train
+instead, one per line (what the queue runs on valid).
 """
 
 import argparse
@@ -20,11 +22,14 @@ from trl_sdpo.rec.study.config import load_experiment_config
 from trl_sdpo.rec.study.selection import select_variants
 
 FOLDER = "studies/movielens-replicated"
-INCUMBENT = "studies/movielens-precision"  # its fp32 valid run of sdpo-lr1e-4
-GRID = {
-    "sdpo": ["sdpo-lr1e-4", "sdpo-lr3e-4", "sdpo-lr1e-3"],
-    "dpo-pairs": [f"dpo-pairs-lr{r}" for r in ("1e-5", "3e-5", "1e-4")],
-}
+INCUMBENT = "studies/movielens-precision"  # its fp32 valid run of INCUMBENT_METHOD
+INCUMBENT_METHOD = "sdpo-lr1e-4"
+KINDS = ("dpo-pairs", "sdpo")
+
+
+def grids(config) -> dict[str, list[str]]:
+    """The learning-rate variants of each kind in the preset: its methods of the kind but the test method itself."""
+    return {kind: [name for name, m in config.methods.items() if m.kind == kind and name != kind] for kind in KINDS}
 
 
 def without(config: dict, *keys: str) -> dict:
@@ -34,13 +39,13 @@ def without(config: dict, *keys: str) -> dict:
     return out
 
 
-def valid_runs(folders: list[str]) -> list[dict]:
-    """The valid grid runs: this study's, and the incumbent `sdpo-lr1e-4` if the study lacks one (checked equal)."""
+def valid_runs(folders: list[str], grid: dict[str, list[str]]) -> list[dict]:
+    """The valid grid runs: this study's, and the incumbent's if the study lacks one (checked equal)."""
     runs = [r for folder in folders for r in load_study(folder, missing_ok=True) if r["split"] == "valid"]
-    runs = [r for r in runs if any(r["method"] in grid for grid in GRID.values())]
-    if "sdpo-lr1e-4" not in {r["method"] for r in runs}:
-        incumbent = [r for r in load_study(INCUMBENT) if r["split"] == "valid" and r["method"] == "sdpo-lr1e-4"]
-        mine = next((r for r in runs if r["method"] == "sdpo-lr3e-4"), None)
+    runs = [r for r in runs if any(r["method"] in methods for methods in grid.values())]
+    if INCUMBENT_METHOD not in {r["method"] for r in runs}:
+        incumbent = [r for r in load_study(INCUMBENT) if r["split"] == "valid" and r["method"] == INCUMBENT_METHOD]
+        mine = next((r for r in runs if r["method"] in grid["sdpo"]), None)
         if mine is not None:
             for run in incumbent:
                 if without(run["config"], "bf16") != without(mine["config"], "bf16") or run["precision"] != "fp32":
@@ -52,16 +57,18 @@ def valid_runs(folders: list[str]) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scratch", default=None, help="Also read valid runs from this output folder.")
+    parser.add_argument("--missing", action="store_true", help="Print the grid runs still to train, and exit 0.")
     args = parser.parse_args()
-    runs = valid_runs([FOLDER, *([args.scratch] if args.scratch else [])])
     config = load_experiment_config("examples/configs/movielens.yaml", "study-replicated", check_paths=False)
-    problems = []
+    grid = grids(config)
+    runs = valid_runs([FOLDER, *([args.scratch] if args.scratch else [])], grid)
     done = {r["method"] for r in runs}
-    for methods in GRID.values():
-        for method in methods:
-            if method not in done:
-                problems.append(f"valid run {method} missing")
-    for kind, choice in select_variants(runs, "valid", kinds=list(GRID)).items():
+    missing = [method for methods in grid.values() for method in methods if method not in done]
+    if args.missing:
+        print("\n".join(missing))
+        return 0
+    problems = [f"valid run {method} missing" for method in missing]
+    for kind, choice in select_variants(runs, "valid", kinds=KINDS).items():
         values = ", ".join(f"{m} {v:.4f}" for m, v in sorted(choice["candidates"].items()))
         print(f"{kind}: {values} -> {choice['method']} (lr {choice['learning_rate']:g})")
         written = config.methods[kind].settings.learning_rate

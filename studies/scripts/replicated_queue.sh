@@ -33,8 +33,9 @@ experiment() {  # experiment SPLIT SEEDS METHODS
 }
 
 sync_landed
-# 1. The learning rates on valid (seed 0; the first call trains seed 0's SFT model, the `study` preset's fp32 one)
-for method in sdpo-lr3e-4 dpo-pairs-lr3e-5 dpo-pairs-lr1e-4 dpo-pairs-lr1e-5 sdpo-lr1e-3; do
+# 1. The learning rates on valid (seed 0; the first call trains seed 0's SFT model, the `study` preset's fp32 one):
+#    the preset's grid runs not landed yet, in the YAML's order
+for method in $(python studies/scripts/replicated_choice.py --scratch "$SCRATCH" --missing); do
   experiment valid 0 "$method"
 done
 # 2. The SFT models of pipeline seeds 1 and 2, evaluated on test
