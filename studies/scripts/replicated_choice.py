@@ -63,7 +63,8 @@ def main() -> int:
     grid = grids(config)
     runs = valid_runs([FOLDER, *([args.scratch] if args.scratch else [])], grid)
     done = {r["method"] for r in runs}
-    missing = [method for methods in grid.values() for method in methods if method not in done]
+    in_grid = {method for methods in grid.values() for method in methods}
+    missing = [name for name in config.methods if name in in_grid and name not in done]  # in the YAML's order
     if args.missing:
         print("\n".join(missing))
         return 0
