@@ -306,6 +306,30 @@ def test_the_committed_experiment_table_needs_a_shared_model_once(tmp_path):
     assert missing_runs(runs) == [("sft", 1)]
 
 
+def test_the_committed_experiment_table_reads_a_replicated_studys_seed_0_from_the_study_it_extends(tmp_path):
+    """A replicated study's folder lacks the seed-0 runs that the study it extends already holds (the same
+    training): the demo's table reads them from there, says so, and names the replicated study's own preset."""
+    from test_rec_study import write_run
+
+    from trl_sdpo.commands.demo import reproduction_summary
+
+    study, extended = tmp_path / "replicated", tmp_path / "fp32"
+    same = {"model": "tiny", "lr": 1e-4}  # the settings borrowing checks: the same training at every seed
+    for seed in (1, 2):
+        for method in ("sdpo", "dpo"):
+            write_run(study, "test", method, seed, [1, 2, 3, 4], preset="study-replicated", config=same)
+    for method in ("sdpo", "dpo"):
+        write_run(extended, "test", method, 0, [2, 2, 2, 2], preset="study", config=same)
+    assert "seeds [1, 2]" in reproduction_summary(study)  # alone: the seeds it has, and the table says which
+    assert reproduction_summary(extended, study) is not None  # the other way round: its own runs, nothing borrowed
+    summary = reproduction_summary(study, extended)
+    assert "preset 'study-replicated'" in summary and "seeds [0, 1, 2]" in summary
+    assert f"; 2 seed-0 runs read from {extended}):" in summary
+    # ranking HR@1 per seed 0/4 (seed 0, borrowed), 1/4, 1/4
+    assert "| sdpo | 3 |" in summary and "0.1667 ± 0.1443" in summary
+    assert reproduction_summary(tmp_path / "absent", extended) is None
+
+
 def test_demo_help_states_the_committed_studys_sizes():
     """The demo's help text says what the full experiment was (SFT rows, preference rows, test rows, seeds) in words;
     the committed run JSONs record it. A study re-run at other sizes must not leave the help text behind."""

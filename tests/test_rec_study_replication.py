@@ -11,6 +11,7 @@ from test_rec_study import write_run
 from trl_sdpo.rec.study import load_study
 from trl_sdpo.rec.study.replication import (
     judge_ordering,
+    load_pipeline_runs,
     seed_level_comparison,
     t_interval,
     t_quantile_975,
@@ -148,3 +149,34 @@ def test_forest_plot_draws_both_intervals_of_each_ordering(tmp_path):
     expected = sorted((c.row_low, c.row_high) for c in (v.comparison for v in verdicts))
     expected += sorted((c.t_low, c.t_high) for c in (v.comparison for v in verdicts))
     assert intervals == sorted(expected)
+
+
+def test_a_replicated_study_borrows_only_the_same_trainings_seed_0(tmp_path):
+    """Seed 0 comes from the other folder only where the study lacks it and the recorded settings match its own
+    run of the method at another seed; a seed the study has, a method it does not run, and another seed stay its
+    own; other settings raise, naming both files."""
+    study, other = tmp_path / "study", tmp_path / "other"
+    same = {"model": "tiny", "lr": 1e-4}
+    for seed in (1, 2):
+        write_run(study, "test", "sdpo", seed, [1, 2], preset="replicated", config=same)
+    write_run(study, "test", "dpo", 0, [2, 2], preset="replicated", config=same)
+    write_run(study, "valid", "sdpo", 0, [1, 1], preset="replicated", config=same)
+    write_run(other, "test", "sdpo", 0, [3, 3], preset="study", config={**same, "bf16": True})  # bf16 aside
+    write_run(other, "test", "sdpo", 1, [4, 4], preset="study", config=same)  # the study has seed 1
+    write_run(other, "test", "dpo", 0, [4, 4], preset="study", config=same)  # ... and dpo's seed 0
+    write_run(other, "test", "sft", 0, [4, 4], preset="study", config=same)  # a method the study does not run
+
+    assert load_pipeline_runs(tmp_path / "absent", other) == []
+    runs = load_pipeline_runs(study, other, split="test")
+    got = {(r["method"], r["seed"]): (r["preset"], r["rows"]["target_rank"], r.get("borrowed_from")) for r in runs}
+    assert got == {
+        ("sdpo", 0): ("study", [3, 3], str(other / "test" / "sdpo" / "seed0.json")),
+        ("sdpo", 1): ("replicated", [1, 2], None),
+        ("sdpo", 2): ("replicated", [1, 2], None),
+        ("dpo", 0): ("replicated", [2, 2], None),
+    }
+    assert [r["split"] for r in load_pipeline_runs(study)] == ["test"] * 3 + ["valid"]  # nothing borrowed
+
+    write_run(other, "test", "sdpo", 0, [3, 3], preset="study", config={**same, "lr": 3e-4})
+    with pytest.raises(ValueError, match="seed0.json cannot stand for .*other settings"):
+        load_pipeline_runs(study, other)

@@ -15,21 +15,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from trl_sdpo.rec.study import load_study, missing_runs
-from trl_sdpo.rec.study.replication import borrow_runs, replicated_verdicts, valid_ratio_floor, verdicts_markdown
+from trl_sdpo.rec.study import missing_runs
+from trl_sdpo.rec.study.replication import (
+    load_pipeline_runs,
+    replicated_verdicts,
+    valid_ratio_floor,
+    verdicts_markdown,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from readme_table import readme_table_of  # noqa: E402
 
 SPLIT = "test"
-
-
-def pipeline_runs(folder: str, seed0: str | None) -> list[dict]:
-    """The folder's runs, with seed 0's borrowed from `seed0` where the folder lacks them."""
-    runs = load_study(folder, missing_ok=True)
-    if seed0:
-        runs = borrow_runs(runs, load_study(seed0), seeds=(0,))
-    return runs
 
 
 def main() -> None:
@@ -39,8 +36,7 @@ def main() -> None:
     parser.add_argument("--n_boot", type=int, default=10000)
     parser.add_argument("--plot", default=None, help="Write the orderings' forest plot to this PNG file.")
     args = parser.parse_args()
-    runs = pipeline_runs(args.folder, None if args.seed0 == "none" else args.seed0)
-    runs = [r for r in runs if r["split"] == SPLIT]
+    runs = load_pipeline_runs(args.folder, None if args.seed0 == "none" else args.seed0, split=SPLIT)
     if not runs:
         sys.exit(f"No `{SPLIT}` runs in {args.folder} yet.")
     print(f"## Orderings ({SPLIT}, seeds as the replicates; the rule: trl_sdpo.rec.study.replication)\n")

@@ -73,6 +73,8 @@ COLUMNS = (
 # The MovieLens study's committed `test` runs in fp32 (the precision every seed could run in), relative to the working
 # directory: the repository's studies/ folder is neither in the wheel nor in the source distribution.
 REPRODUCTION_DIR = "studies/movielens-study-fp32"
+# A replicated study reads its seed-0 runs from another folder where they are the same training; this one does not.
+REPRODUCTION_SEED0_DIR: str | None = None
 REPRODUCTION_NOTEBOOK = "examples/notebooks/sdpo_movielens.ipynb"
 
 
@@ -85,6 +87,10 @@ class StudyArguments:
         study_dir (`str`, defaults to `"studies/movielens-study-fp32"`):
             Folder of the full MovieLens experiment's run JSONs (`test/<method>/seed<seed>.json`), relative to the
             working directory. When it holds no test runs the demo says so in one line and shows only its own job.
+        study_seed0_dir (`str`, *optional*):
+            Another study folder whose seed-0 runs stand in for those `study_dir` lacks, where they are the same
+            training (the same recorded settings; checked), as a replicated study reads its seed 0 from the study it
+            extends. `None` reads `study_dir` alone.
     """
 
     _argument_group_name = "Full experiment"
@@ -94,6 +100,13 @@ class StudyArguments:
         metadata={
             "help": "Run JSONs of the full MovieLens experiment, whose test table is printed under the demo's own "
             "(relative to the working directory; a clone of the repository has them)."
+        },
+    )
+    study_seed0_dir: str | None = field(
+        default=REPRODUCTION_SEED0_DIR,
+        metadata={
+            "help": "Study folder whose seed-0 runs stand in for those --study_dir lacks, where they are the same "
+            "training (checked); by default none."
         },
     )
 
@@ -130,22 +143,25 @@ def _training_config(config_class, args: DemoArguments, stage: str, **overrides)
     )
 
 
-def reproduction_summary(directory: str | Path) -> str | None:
+def reproduction_summary(directory: str | Path, seed0_directory: str | Path | None = None) -> str | None:
     """
     The full MovieLens experiment's main table (test split, mean ± std over seeds) from its committed run JSONs.
 
+    Args:
+        directory (`str` or `Path`): The study folder.
+        seed0_directory (`str` or `Path`, *optional*): The folder its missing seed-0 runs are borrowed from
+            ([`~trl_sdpo.rec.study.replication.load_pipeline_runs`]).
+
     Returns `None` when the folder or its test runs are absent.
     """
-    from ..rec.study import load_study, missing_runs, summary_table
+    from ..rec.study import missing_runs, summary_table
     from ..rec.study.claims import claim_check, describe_claims
-    from ..rec.study.replication import replicated_verdicts
+    from ..rec.study.replication import load_pipeline_runs, replicated_verdicts
     from ..rec.study.report import summary_markdown
 
-    try:
-        runs = [run for run in load_study(directory) if run["split"] == "test"]
-    except FileNotFoundError:
-        return None
-    if not runs:
+    runs = load_pipeline_runs(directory, seed0_directory, split="test")
+    own = [run for run in runs if "borrowed_from" not in run]
+    if not own:
         return None
     seeds = sorted({run["seed"] for run in runs})
     missing = missing_runs(runs)
@@ -165,8 +181,10 @@ def reproduction_summary(directory: str | Path) -> str | None:
         if v.comparison is not None
     ]
     return (
-        f"The full experiment ({REPRODUCTION_NOTEBOOK}; preset {runs[0]['preset']!r}, test split, "
-        f"{runs[0]['metrics']['ranking']['n']} rows, mean ± std over seeds {seeds}; {_where(runs)}):\n\n"
+        f"The full experiment ({REPRODUCTION_NOTEBOOK}; preset {own[0]['preset']!r}, test split, "
+        f"{runs[0]['metrics']['ranking']['n']} rows, mean ± std over seeds {seeds}; {_where(runs)}"
+        + (f"; {len(runs) - len(own)} seed-0 runs read from {seed0_directory}" if len(own) < len(runs) else "")
+        + "):\n\n"
         + summary_markdown(summary_table(runs, "test"))
         + f"\n\nClaim check (S-DPO > DPO > SFT-continued, ValidRatio >= 0.95, S-DPO > most-popular). {verdict}"
         + "\n\nOrderings with the seeds as the replicates too (trl_sdpo.rec.study.replication: holds only when the"
@@ -364,11 +382,11 @@ def run(command: str, argv: list[str]) -> int:
     results["timings_s"] = timings
     results["machine"], results["versions"] = machine_info(), package_versions()
     results["settings"] = settings(args, study)
-    _finish(args, results, output_dir, study.study_dir)
+    _finish(args, results, output_dir, study)
     return 0
 
 
-def _finish(args: DemoArguments, results: dict[str, Any], output_dir: Path, study_dir: str) -> None:
+def _finish(args: DemoArguments, results: dict[str, Any], output_dir: Path, study: StudyArguments) -> None:
     report_path = Path(args.report) if args.report else output_dir / "report.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -390,7 +408,8 @@ def _finish(args: DemoArguments, results: dict[str, Any], output_dir: Path, stud
     )
     print(f"Per stage (s): {results['timings_s']}")
     print(f"Report: {report_path}" + (f"   Plot: {plot_path}" if plotted else ""))
-    summary = reproduction_summary(study_dir)
+    study_dir = study.study_dir
+    summary = reproduction_summary(study_dir, study.study_seed0_dir)
     if summary is None:
         summary = (
             f"The full experiment's table is not shown: no test runs in {study_dir} (--study_dir). Run the demo from "

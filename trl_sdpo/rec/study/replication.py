@@ -37,11 +37,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .analysis import _paired_matrix, format_mean_std, mean_std, paired_bootstrap, runs_of
+from .analysis import _paired_matrix, format_mean_std, load_study, mean_std, paired_bootstrap, runs_of
 from .claims import EFFECT, movement
 from .config import PREFERENCE_KINDS, RANKING_LOSS_OF_KIND
 
@@ -326,6 +327,24 @@ def borrow_runs(
             )
         out.append({**run, "borrowed_from": run["path"]})
     return out
+
+
+def load_pipeline_runs(
+    directory: str | Path, seed0_directory: str | Path | None = None, split: str | None = None
+) -> list[dict[str, Any]]:
+    """
+    A replicated study's runs: those of `directory`, plus the seed-0 runs it lacks from `seed0_directory` where they
+    are the same training ([`borrow_runs`]), as the replicated MovieLens study reads its seed 0 from the fp32 study.
+
+    Args:
+        directory (`str` or `Path`): The study folder (`[]` when it is missing or holds no run JSON).
+        seed0_directory (`str` or `Path`, *optional*): The folder to borrow seed-0 runs from; `None` borrows nothing.
+        split (`str`, *optional*): Keep only this split's runs.
+    """
+    runs = load_study(directory, missing_ok=True)
+    if runs and seed0_directory is not None:
+        runs = borrow_runs(runs, load_study(seed0_directory), seeds=(0,))
+    return [run for run in runs if split is None or run["split"] == split]
 
 
 def verdicts_markdown(verdicts: Sequence[OrderingVerdict]) -> str:
