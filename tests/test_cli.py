@@ -330,6 +330,15 @@ def test_the_committed_experiment_table_reads_a_replicated_studys_seed_0_from_th
     assert reproduction_summary(tmp_path / "absent", extended) is None
 
 
+def test_demo_refuses_an_absent_seed0_folder_before_its_job(tmp_path, capsys):
+    """The table is printed after the job: a mistyped --study_seed0_dir is reported before anything runs."""
+    out = tmp_path / "out"
+    argv = ["demo", "--output_dir", str(out), "--study_seed0_dir", str(tmp_path / "absent")]
+    assert main(argv) == 1
+    assert f"--study_seed0_dir {tmp_path / 'absent'} is not a folder." in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_demo_help_states_the_committed_studys_sizes():
     """The demo's help text says what the full experiment was (SFT rows, preference rows, test rows, seeds) in words;
     the committed run JSONs record it. A study re-run at other sizes must not leave the help text behind."""

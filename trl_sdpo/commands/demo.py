@@ -276,6 +276,11 @@ def _timed(timings: dict[str, float], name: str):
 
 def run(command: str, argv: list[str]) -> int:
     args, study = parse(make_demo_parser(), argv)
+    if study.study_seed0_dir is not None and not Path(study.study_seed0_dir).is_dir():
+        from ..cli import CommandError
+
+        # Checked before the job, not after it: the table is printed at the end
+        raise CommandError(f"--study_seed0_dir {study.study_seed0_dir} is not a folder.")
     setup_logging()
     import torch
     from transformers import set_seed
