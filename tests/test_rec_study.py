@@ -88,6 +88,34 @@ def write_run(root: Path, split, method, seed, ranks, hits=None, valid=None, ids
     return path
 
 
+def test_wall_time_is_the_runs_own_stages_not_its_last_calls_total(tmp_path):
+    # Resumed in a second call: training over both sittings 100 s, evaluation 5 + 7 s; that call's own total 40 s.
+    write_run(
+        tmp_path,
+        "test",
+        "dpo",
+        0,
+        [1, 2],
+        timings_s={"train": 100.0, "eval_generation": 5.0, "eval_ranking": 7.0, "total": 40.0},
+    )
+    # Trained in an earlier call (the other split): the call only evaluated, 9 s in all.
+    write_run(
+        tmp_path,
+        "test",
+        "dpo",
+        1,
+        [1, 2],
+        timings_s={"train": 200.0, "eval_generation": 4.0, "eval_ranking": 4.0, "total": 9.0},
+    )
+    # A baseline's scoring is no stage of its own: its total counts.
+    write_run(tmp_path, "test", "popular", 0, [3, 1], timings_s={"train": 0.5, "total": 2.0})
+    table = {e["method"]: e for e in summary_table(load_study(tmp_path), "test")}
+    assert table["dpo"]["time/total"] == pytest.approx((160.0, math.sqrt(2 * 48.0**2)), abs=1e-9)
+    assert table["popular"]["time/total"][0] == 2.0
+    every_run = results_markdown(tmp_path).split("Every run:")[1]
+    assert "| test | dpo | 0 |" in every_run and "| 112 |" in every_run and "| 208 |" in every_run
+
+
 def test_row_metrics_match_hand_computation(tmp_path):
     write_run(tmp_path, "test", "sft", 0, [1, 2, 5, 6], hits=[1, 0, 0, 1], valid=[1, 1, 0, 1])
     (run,) = load_study(tmp_path)

@@ -251,6 +251,27 @@ def format_mean_std(pair: tuple[float, float], digits: int = 4, signed: bool = F
     return text if math.isnan(std) else f"{text} ± {std:.{digits}f}"
 
 
+STAGES = ("train", "eval_generation", "eval_ranking", "eval_other_lists")
+
+
+def stage_seconds(run: dict[str, Any]) -> float | None:
+    """
+    Wall seconds of a run's own stages: its training over every sitting, whichever call ran it, and its evaluations.
+
+    Not the call's `timings_s["total"]`, which holds what that one call did: only the last sitting of a resumed run,
+    none of the training of a model trained in an earlier call (on the other split), and for a seed's first run the
+    reference log-probs its methods share. A baseline's scoring is not timed as a stage of its own: a run without a
+    timed evaluation (the baselines, never resumed) counts its `total`.
+
+    Returns:
+        `float` or `None` where nothing was timed.
+    """
+    timings = run["timings_s"]
+    if all(timings.get(stage) is None for stage in STAGES[1:]):
+        return timings.get("total")
+    return round(sum(timings.get(stage) or 0.0 for stage in STAGES), 2)
+
+
 def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, Any]]:
     """
     Mean and sample standard deviation over seeds of each method's metrics on one split.
@@ -263,7 +284,7 @@ def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, 
         `list[dict]`, one per method in table order, with `"method"`, `"kind"`, `"preset"`, `"seeds"` (list),
         `"n_seeds"` (1 for a seed-independent method, whose one result every seed's JSON repeats),
         `"seed_independent"`, and for each metric of `SUMMARY_METRICS` and `"time/total"` (wall seconds of the run's own
-        stages) a `(mean, std)` pair; `(nan, nan)` where the method has no such metric (baselines do not generate).
+        stages, [`stage_seconds`]) a `(mean, std)` pair; `(nan, nan)` where the method has no such metric (baselines do not generate).
     """
     table = []
     for (run_split, method), group in group_runs(runs).items():
@@ -282,7 +303,7 @@ def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, 
         }
         for metric, section, key in SUMMARY_METRICS:
             entry[metric] = mean_std([(run["metrics"].get(section) or {}).get(key) for run in counted])
-        entry["time/total"] = mean_std([run["timings_s"].get("total") for run in counted])
+        entry["time/total"] = mean_std([stage_seconds(run) for run in counted])
         table.append(entry)
     return table
 

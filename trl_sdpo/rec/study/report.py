@@ -23,6 +23,7 @@ from .analysis import (
     other_list_samplers,
     runs_on_other_lists,
     splits,
+    stage_seconds,
     summary_table,
 )
 from .claims import claim_check, describe_claims
@@ -139,8 +140,8 @@ def configurations_markdown(runs: list[dict[str, Any]]) -> str:
         for _, section, key in SUMMARY_METRICS:
             value = (run["metrics"].get(section) or {}).get(key)
             metrics.append("—" if value is None else f"{value:.4f}")
-        total = run["timings_s"].get("total")
-        time = "—" if total is None else f"{total:.0f}"
+        seconds = stage_seconds(run)
+        time = "—" if seconds is None else f"{seconds:.0f}"
         rows.append([run["split"], run["method"], run["seed"], *metrics, time, own(flat, varying[i]) or "—"])
     lines += ["", "Every run:", "", markdown_table(header, rows)]
     return "\n".join(lines)
@@ -297,7 +298,13 @@ def study_markdown(directory: str | Path, n_boot: int = 10000, seed: int = 0) ->
     for split in sorted(splits(runs), key=lambda s: s != "test"):
         role = "final numbers, computed once" if split == "test" else "selection of settings"
         out += ["", f"### Split `{split}` ({role})", ""]
-        out += ["Mean ± sample standard deviation (ddof=1) over seeds; wall time is the run's own stages.", ""]
+        out += [
+            (
+                "Mean ± sample standard deviation (ddof=1) over seeds; wall time is the run's own stages (its training "
+                "over all its sittings, its evaluation), without the reference log-probs its seed's methods share."
+            ),
+            "",
+        ]
         out.append(summary_markdown(summary_table(runs, split)))
         comparisons = compare_methods(runs, split, n_boot=n_boot, seed=seed)
         sweeps = sweep_markdown(runs, split, n_boot=n_boot, seed=seed)
