@@ -284,7 +284,8 @@ def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, 
         `list[dict]`, one per method in table order, with `"method"`, `"kind"`, `"preset"`, `"seeds"` (list),
         `"n_seeds"` (1 for a seed-independent method, whose one result every seed's JSON repeats),
         `"seed_independent"`, and for each metric of `SUMMARY_METRICS` and `"time/total"` (wall seconds of the run's own
-        stages, [`stage_seconds`]) a `(mean, std)` pair; `(nan, nan)` where the method has no such metric (baselines do not generate).
+        stages, [`stage_seconds`]) a `(mean, std)` pair; `(nan, nan)` where the method has no such metric (baselines
+        do not generate).
     """
     table = []
     for (run_split, method), group in group_runs(runs).items():
