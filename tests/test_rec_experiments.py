@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tiny import make_model, make_tokenizer
 from trl_sdpo.cli import main
 from trl_sdpo.rec.machine import precision_name, resolve_bf16
 from trl_sdpo.rec.study import load_study, models, records, runner, stages
+from trl_sdpo.rec.study.analysis import load_run
 from trl_sdpo.rec.study.config import (
     ConfigError,
     MethodConfig,
@@ -209,6 +211,20 @@ def test_the_readmes_study_tables_are_what_their_runs_give(monkeypatch):
     assert tables, "the README has no study table (its header changed?)"
     for table in tables:
         assert table in generated.values(), f"a README table is none of {sorted(generated)}:\n{table}"
+
+
+@needs_studies
+def test_a_replicated_studys_sft_row_is_the_mean_over_its_sft_models(monkeypatch):
+    """Each pipeline seed of a replicated study trains its own SFT model: its SFT row is mean ± std over them, not one
+    value (the one-SFT-model table's rule), recomputed here from the two run JSONs' metrics."""
+    module = _script("readme_table.py")
+    monkeypatch.chdir(ROOT)
+    paths = ["studies/movielens-study-fp32/test/sft/seed0.json", "studies/movielens-replicated/test/sft/seed1.json"]
+    runs = [load_run(path) for path in paths]
+    (row,) = [line for line in module.readme_table_of(runs).splitlines() if line.startswith("| SFT")]
+    ndcg = [run["metrics"]["ranking"]["ndcg@5"] for run in runs]
+    assert row.startswith("| SFT (4,096 rows, 2 seeds) |")
+    assert f"| {statistics.mean(ndcg):.4f} ± {statistics.stdev(ndcg):.4f} |" in row
 
 
 def _recomputed_comparison(script: str, folder: str, tmp_path, monkeypatch, name: str = "comparison.json") -> dict:

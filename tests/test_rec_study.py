@@ -20,6 +20,7 @@ from trl_sdpo.rec.study import (
     run_difference,
     summary_table,
 )
+from trl_sdpo.rec.study.analysis import machine_seconds
 from trl_sdpo.rec.study.claims import claim_check, describe_claims
 from trl_sdpo.rec.study.report import results_markdown
 
@@ -114,6 +115,29 @@ def test_wall_time_is_the_runs_own_stages_not_its_last_calls_total(tmp_path):
     assert table["popular"]["time/total"][0] == 2.0
     every_run = results_markdown(tmp_path).split("Every run:")[1]
     assert "| test | dpo | 0 |" in every_run and "| 112 |" in every_run and "| 208 |" in every_run
+
+
+def test_machine_seconds_counts_each_call_and_each_sitting_outside_the_calls_once(tmp_path):
+    def sitting(started, seconds):
+        return {"started": f"2026-01-01T{started}+00:00", "seconds": seconds, "resumed_from": None}
+
+    sft_cut, sft_in_a = sitting("07:00:00", 1000.0), sitting("09:00:10", 500.0)  # SFT: a cut call, then A's call
+    sdpo_model = sitting("09:10:00", 2000.0)  # trained in A's call, evaluated again by B
+    dpo_cut, dpo_in_c = sitting("12:30:00", 300.0), sitting("13:43:30", 800.0)
+
+    def landed(split, method, seed, created, total, sittings, **extra):
+        write_run(
+            tmp_path, split, method, seed, [1, 2], created=f"2026-01-01T{created}+00:00",
+            timings_s={"train": None, "eval_ranking": 1.0, "total": total}, sittings=sittings, **extra,
+        )  # fmt: skip
+
+    landed("valid", "sdpo", 0, "10:00:00", 3600.0, [sdpo_model], sft_sittings=[sft_cut, sft_in_a])
+    landed("test", "sdpo", 0, "12:00:00", 100.0, [sdpo_model], sft_sittings=[sft_cut, sft_in_a])
+    landed("valid", "dpo", 0, "14:00:00", 1000.0, [dpo_cut, dpo_in_c], sft_sittings=[sft_cut, sft_in_a])
+    for seed in (0, 1):  # one evaluation, copied to every seed
+        landed("valid", "base", seed, "06:00:00", 50.0, [], seed_independent=True)
+    # Calls: 3600 + 100 + 1000 + 50 (base once). Outside every call: the SFT's and DPO's cut sittings, once each.
+    assert machine_seconds(load_study(tmp_path)) == {"calls": 4750.0, "cut_sittings": 1300.0, "total": 6050.0}
 
 
 def test_row_metrics_match_hand_computation(tmp_path):

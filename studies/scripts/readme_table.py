@@ -17,7 +17,8 @@ from trl_sdpo.rec.study.analysis import format_mean_std
 from trl_sdpo.rec.study.config import PREFERENCE_KINDS
 
 SPLIT = "test"
-# Kinds whose result does not depend on the preference seed: one value, whatever the number of seeds
+# Kinds whose result does not depend on the preference seed: one value, whatever the number of seeds (an SFT row
+# only while every seed starts from one SFT model: a replicated study trains one per seed)
 ONE_VALUE = ("base", "sft", "popular")
 COLUMNS = ("generation/hr@1", "generation/valid_ratio", "ranking/hr@1", "ranking/ndcg@5")
 HEADER = ["method", "HR@1 (generation)", "ValidRatio", "HR@1 (ranking)", "NDCG@5"]
@@ -36,7 +37,11 @@ def label(run: dict, n_seeds: int) -> str:
     if kind == "base":
         return "base (zero-shot)"
     if kind == "sft":
-        return f"SFT ({run['sft_rows_seen']:,} rows)"
+        return (
+            f"SFT ({run['sft_rows_seen']:,} rows)"
+            if n_seeds == 1
+            else f"SFT ({run['sft_rows_seen']:,} rows, {n_seeds} seeds)"
+        )
     if kind == "sft-continued":
         return f"SFT continued ({rate})"
     if kind in ("dpo", "dpo-pairs", "sdpo"):
@@ -59,9 +64,14 @@ def heldout(runs: list[dict]) -> str:
     return f"{accuracy:.3f}, {margin:+.2f} nats"
 
 
-def cell(entry: dict, metric: str) -> str:
+def one_value(group: list[dict]) -> bool:
+    """Whether the runs of one method give one value by design (see `ONE_VALUE`)."""
+    return group[0]["kind"] in ONE_VALUE and len({run.get("sft_checkpoint") for run in group}) == 1
+
+
+def cell(entry: dict, metric: str, single: bool) -> str:
     mean, std = entry[metric]
-    if entry["kind"] in ONE_VALUE:
+    if single:
         if not math.isnan(std) and std > 1e-12:  # equal values up to the rounding of their mean
             raise ValueError(f"{entry['method']}: {metric} differs between seeds ({std:.4f}); expected one value")
         std = math.nan
@@ -82,6 +92,8 @@ def readme_table_of(runs: list[dict]) -> str:
     seed_sets.discard(frozenset())  # a kind the study did not run
     if len(seed_sets) > 1:
         seeds = "mean over each method's seeds"
+    elif not seed_sets:
+        seeds = "no preference runs yet"
     else:
         (seed_set,) = seed_sets
         seeds = {2: "both seeds"}.get(len(seed_set), f"{len(seed_set)} seeds")
@@ -92,7 +104,8 @@ def readme_table_of(runs: list[dict]) -> str:
     groups = group_runs(runs)
     for entry in summary_table(runs, SPLIT):
         group = groups[(SPLIT, entry["method"])]
-        cells = [label(group[0], len(group)), *(cell(entry, metric) for metric in COLUMNS), heldout(group)]
+        single = one_value(group)
+        cells = [label(group[0], len(group)), *(cell(entry, metric, single) for metric in COLUMNS), heldout(group)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,9 +1,9 @@
 """
 The replicated MovieLens study's tables (preset `study-replicated`): first the orderings, each with its row-level and
 seed-level intervals and its verdict by the rule of `trl_sdpo.rec.study.replication` (S-DPO against DPO on all k
-pairs first), then every method's mean ± std over the pipeline seeds, the ValidRatio floor, and the runs still
-missing. Seed 0's runs that the `study` preset's fp32 folder already holds (the same SFT model, rows and settings)
-are read from there. From the repository root:
+pairs first), then every method's mean ± std over the pipeline seeds, the ValidRatio floor, the runs still missing
+and what the folder's own runs cost. Seed 0's runs that the `study` preset's fp32 folder already holds (the same SFT
+model, rows and settings) are read from there. From the repository root:
 
     python studies/scripts/replicated_tables.py [--folder studies/movielens-replicated] [--plot orderings.png]
 
@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from trl_sdpo.rec.study import missing_runs
+from trl_sdpo.rec.study import load_study, missing_runs
+from trl_sdpo.rec.study.analysis import machine_seconds
 from trl_sdpo.rec.study.replication import (
     load_pipeline_runs,
     replicated_verdicts,
@@ -48,6 +49,12 @@ def main() -> None:
         print(f"- {method}: {'yes' if ok else 'no' if ok is False else 'not run'}, {evidence}")
     missing = missing_runs(runs)
     print(f"\nRuns missing: {', '.join(f'{m}/seed{s}' for m, s in missing) if missing else 'none'}")
+    spent = machine_seconds(load_study(args.folder, missing_ok=True))  # this folder's own runs, valid and test
+    print(
+        f"\nCompute of {args.folder}'s own runs (valid and test; trl_sdpo.rec.study.analysis.machine_seconds): "
+        f"{spent['total']:,.0f} s ({spent['total'] / 3600:.1f} h): {spent['calls']:,.0f} s in the calls that wrote "
+        f"them, {spent['cut_sittings']:,.0f} s in training sittings of calls cut short"
+    )
     if args.plot:
         from trl_sdpo.rec.study.plots import plot_orderings
 

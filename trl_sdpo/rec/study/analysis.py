@@ -9,6 +9,7 @@ Pure Python and numpy; the plots (`trl_sdpo.rec.study.plots`) import matplotlib 
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -270,6 +271,45 @@ def stage_seconds(run: dict[str, Any]) -> float | None:
     if all(timings.get(stage) is None for stage in STAGES[1:]):
         return timings.get("total")
     return round(sum(timings.get(stage) or 0.0 for stage in STAGES), 2)
+
+
+# How long after its call's last timed second a run JSON can be written: a sitting that starts within this margin
+# before a call's recorded span is taken to be that call's own.
+_CALL_MARGIN_S = 120.0
+
+
+def machine_seconds(runs: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """
+    What the machine spent on `runs`, from their JSONs alone: the wall time of every call that wrote a run
+    (`timings_s["total"]`; a seed-independent result once per split), plus every training sitting (SFT or preference)
+    that ran outside all of those calls, in a call cut short and resumed later, each sitting counted once however many
+    runs record it. A sitting inside a call is already in that call's time: an SFT model trained by the call of the
+    first method that needed it, or a valid-trained model that a `test` run only evaluates.
+
+    Not in it: what a cut call spent outside its trainer's sittings (loading, reference log-probs before training).
+
+    Returns:
+        `dict` with `"calls"`, `"cut_sittings"` and `"total"`, in seconds.
+    """
+    spans, sittings, seen = [], {}, set()
+    calls = 0.0
+    for run in runs:
+        if run.get("seed_independent"):
+            if (run["split"], run["method"]) in seen:
+                continue
+            seen.add((run["split"], run["method"]))
+        total = run["timings_s"].get("total") or 0.0
+        end = datetime.datetime.fromisoformat(run["created"])
+        spans.append((end - datetime.timedelta(seconds=total + _CALL_MARGIN_S), end))
+        calls += total
+        for sitting in (run.get("sittings") or []) + (run.get("sft_sittings") or []):
+            sittings[(sitting["started"], sitting.get("resumed_from"))] = sitting
+    cut = sum(
+        sitting["seconds"]
+        for sitting in sittings.values()
+        if not any(start <= datetime.datetime.fromisoformat(sitting["started"]) <= end for start, end in spans)
+    )
+    return {"calls": round(calls, 1), "cut_sittings": round(cut, 1), "total": round(calls + cut, 1)}
 
 
 def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, Any]]:
