@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trl_sdpo.rec.study import load_study, missing_runs
+from trl_sdpo.rec.study import load_study
 from trl_sdpo.rec.study.analysis import machine_seconds
 from trl_sdpo.rec.study.replication import (
     load_pipeline_runs,
@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from readme_table import readme_table_of  # noqa: E402
 
 SPLIT = "test"
+# The replicated table: the methods studies/scripts/replicated_queue.sh runs on `test`, at every seed of the preset
+TABLE_METHODS = ("sft", "sft-continued", "dpo", "dpo-pairs", "sdpo", "random", "popular")
+SEEDS = (0, 1, 2)
 
 
 def main() -> None:
@@ -47,8 +50,11 @@ def main() -> None:
     print("\n## ValidRatio >= 0.95 (mean over seeds)\n")
     for method, ok, evidence in valid_ratio_floor(runs, SPLIT):
         print(f"- {method}: {'yes' if ok else 'no' if ok is False else 'not run'}, {evidence}")
-    missing = missing_runs(runs)
+    present = {(run["method"], run["seed"]) for run in runs}
+    missing = [(method, seed) for method in TABLE_METHODS for seed in SEEDS if (method, seed) not in present]
     print(f"\nRuns missing: {', '.join(f'{m}/seed{s}' for m, s in missing) if missing else 'none'}")
+    if missing and args.seed0 != "none":
+        print(f"(a method's seed 0 is read from {args.seed0} once this folder has a run of the method of its own)")
     spent = machine_seconds(load_study(args.folder, missing_ok=True))  # this folder's own runs, valid and test
     print(
         f"\nCompute of {args.folder}'s own runs (valid and test; trl_sdpo.rec.study.analysis.machine_seconds): "
