@@ -137,7 +137,7 @@ def test_machine_seconds_counts_each_call_and_each_sitting_outside_the_calls_onc
     for seed in (0, 1):  # one evaluation, copied to every seed
         landed("valid", "base", seed, "06:00:00", 50.0, [], seed_independent=True)
     # Calls: 3600 + 100 + 1000 + 50 (base once). Outside every call: the SFT's and DPO's cut sittings, once each.
-    assert machine_seconds(load_study(tmp_path)) == {"calls": 4750.0, "cut_sittings": 1300.0, "total": 6050.0}
+    assert machine_seconds(load_study(tmp_path)) == {"calls": 4750.0, "other_sittings": 1300.0, "total": 6050.0}
 
 
 def test_row_metrics_match_hand_computation(tmp_path):

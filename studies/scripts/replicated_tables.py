@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trl_sdpo.rec.study import load_study
+from trl_sdpo.rec.study import load_study, missing_runs
 from trl_sdpo.rec.study.analysis import machine_seconds
 from trl_sdpo.rec.study.replication import (
     load_pipeline_runs,
@@ -50,8 +50,11 @@ def main() -> None:
     print("\n## ValidRatio >= 0.95 (mean over seeds)\n")
     for method, ok, evidence in valid_ratio_floor(runs, SPLIT):
         print(f"- {method}: {'yes' if ok else 'no' if ok is False else 'not run'}, {evidence}")
-    present = {(run["method"], run["seed"]) for run in runs}
-    missing = [(method, seed) for method in TABLE_METHODS for seed in SEEDS if (method, seed) not in present]
+    if args.seed0 == "none":  # another folder's design (one SFT model): what its own runs lack
+        missing = missing_runs(runs)
+    else:
+        present = {(run["method"], run["seed"]) for run in runs}
+        missing = [(method, seed) for method in TABLE_METHODS for seed in SEEDS if (method, seed) not in present]
     print(f"\nRuns missing: {', '.join(f'{m}/seed{s}' for m, s in missing) if missing else 'none'}")
     if missing and args.seed0 != "none":
         print(f"(a method's seed 0 is read from {args.seed0} once this folder has a run of the method of its own)")
@@ -59,7 +62,7 @@ def main() -> None:
     print(
         f"\nCompute of {args.folder}'s own runs (valid and test; trl_sdpo.rec.study.analysis.machine_seconds): "
         f"{spent['total']:,.0f} s ({spent['total'] / 3600:.1f} h): {spent['calls']:,.0f} s in the calls that wrote "
-        f"them, {spent['cut_sittings']:,.0f} s in training sittings of calls cut short"
+        f"them, {spent['other_sittings']:,.0f} s in training sittings outside those calls"
     )
     if args.plot:
         from trl_sdpo.rec.study.plots import plot_orderings

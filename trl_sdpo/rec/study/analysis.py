@@ -282,14 +282,15 @@ def machine_seconds(runs: Iterable[dict[str, Any]]) -> dict[str, float]:
     """
     What the machine spent on `runs`, from their JSONs alone: the wall time of every call that wrote a run
     (`timings_s["total"]`; a seed-independent result once per split), plus every training sitting (SFT or preference)
-    that ran outside all of those calls, in a call cut short and resumed later, each sitting counted once however many
-    runs record it. A sitting inside a call is already in that call's time: an SFT model trained by the call of the
-    first method that needed it, or a valid-trained model that a `test` run only evaluates.
+    of their models that ran outside all of those calls (in a call cut short and resumed later, or in the call of a
+    run not among `runs` whose model they reuse), each sitting counted once however many runs record it. A sitting
+    inside a call is already in that call's time: an SFT model trained by the call of the first method that needed it,
+    or a valid-trained model that a `test` run only evaluates.
 
-    Not in it: what a cut call spent outside its trainer's sittings (loading, reference log-probs before training).
+    Not in it: what a cut call spent before its trainer's sitting began (loading the model and data).
 
     Returns:
-        `dict` with `"calls"`, `"cut_sittings"` and `"total"`, in seconds.
+        `dict` with `"calls"`, `"other_sittings"` and `"total"`, in seconds.
     """
     spans, sittings, seen = [], {}, set()
     calls = 0.0
@@ -309,7 +310,7 @@ def machine_seconds(runs: Iterable[dict[str, Any]]) -> dict[str, float]:
         for sitting in sittings.values()
         if not any(start <= datetime.datetime.fromisoformat(sitting["started"]) <= end for start, end in spans)
     )
-    return {"calls": round(calls, 1), "cut_sittings": round(cut, 1), "total": round(calls + cut, 1)}
+    return {"calls": round(calls, 1), "other_sittings": round(cut, 1), "total": round(calls + cut, 1)}
 
 
 def summary_table(runs: Iterable[dict[str, Any]], split: str) -> list[dict[str, Any]]:
