@@ -17,6 +17,7 @@ from trl_sdpo.rec.study.replication import (
     t_quantile_975,
     two_level_bootstrap,
     valid_ratio_floor,
+    verdicts_markdown,
 )
 
 
@@ -118,6 +119,16 @@ def test_fewer_seeds_than_required_are_not_tested(tmp_path):
     b = [[1] * 40 + [2] * 60] * 2
     verdict = judge_ordering(_pipeline(tmp_path, a, b, heldout=MOVED), "test", "sdpo", "dpo-pairs", "ranking/hr@1")
     assert verdict.verdict == "not tested (runs missing: 2 of 3 seeds)"
+
+
+def test_a_one_seed_table_shows_no_seed_level_interval_instead_of_nan(tmp_path):
+    # One seed: the row level is computable (HR@1 0.6 against 0.4 on 100 rows), the seed level is not
+    a = [[1] * 60 + [2] * 40]
+    b = [[1] * 40 + [2] * 60]
+    verdict = judge_ordering(_pipeline(tmp_path, a, b, heldout=MOVED), "test", "sdpo", "dpo-pairs", "ranking/hr@1")
+    cells = [cell.strip() for cell in verdicts_markdown([verdict]).splitlines()[-1].split("|")[1:-1]]
+    assert cells[2:6] == ["+0.2000", "+0.2000", "—", "—"]
+    assert cells[6].startswith("[+") and "nan" not in verdict.evidence
 
 
 def test_valid_ratio_difference_and_floor(tmp_path):

@@ -49,7 +49,7 @@ def label(run: dict, n_seeds: int) -> str:
         name = {"dpo": "DPO", "dpo-pairs": "DPO on all pairs", "sdpo": "S-DPO"}[kind]
         return f"{name} (k = {k}, {rate})"
     if kind == "random":
-        return f"random ({n_seeds} seeds)"
+        return f"random ({n_seeds} seed{'s' * (n_seeds != 1)})"
     if kind == "sasrec":
         return f"SASRec (replay-rec, {n_seeds} seeds)"
     return {"popular": "most-popular"}.get(kind, run["method"])
@@ -96,7 +96,7 @@ def readme_table_of(runs: list[dict]) -> str:
         seeds = "no preference runs yet"
     else:
         (seed_set,) = seed_sets
-        seeds = {2: "both seeds"}.get(len(seed_set), f"{len(seed_set)} seeds")
+        seeds = {1: "one seed", 2: "both seeds"}.get(len(seed_set), f"{len(seed_set)} seeds")
     lines = [
         "| " + " | ".join([*HEADER, f"held-out reward accuracy, margin ({seeds})"]) + " |",
         "|" + "---|" * (len(HEADER) + 1),

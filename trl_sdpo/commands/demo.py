@@ -156,7 +156,7 @@ def reproduction_summary(directory: str | Path, seed0_directory: str | Path | No
     """
     from ..rec.study import missing_runs, summary_table
     from ..rec.study.claims import claim_check, describe_claims
-    from ..rec.study.replication import load_pipeline_runs, replicated_verdicts
+    from ..rec.study.replication import format_interval, load_pipeline_runs, replicated_verdicts
     from ..rec.study.report import summary_markdown
 
     runs = load_pipeline_runs(directory, seed0_directory, split="test")
@@ -175,8 +175,9 @@ def reproduction_summary(directory: str | Path, seed0_directory: str | Path | No
     verdict = describe_claims(claim_check(runs, "test")).splitlines()[0]
     # The same orderings with the training runs as the replicates beside the rows (the stricter reading)
     orderings = [
-        f"- {v.name}: {v.verdict} ({v.comparison.mean_diff:+.4f}; rows [{v.comparison.row_low:+.4f}, "
-        f"{v.comparison.row_high:+.4f}], seeds [{v.comparison.t_low:+.4f}, {v.comparison.t_high:+.4f}])"
+        f"- {v.name}: {v.verdict} ({v.comparison.mean_diff:+.4f}; rows "
+        f"{format_interval(v.comparison.row_low, v.comparison.row_high)}, seeds "
+        f"{format_interval(v.comparison.t_low, v.comparison.t_high)})"
         for v in replicated_verdicts(runs, "test")
         if v.comparison is not None
     ]

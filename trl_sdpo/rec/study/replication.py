@@ -77,6 +77,14 @@ def t_quantile_975(df: int) -> float:
     return _T_975[df - 1] if df <= len(_T_975) else 1.96
 
 
+def format_interval(low: float, high: float) -> str:
+    """`[low, high]` with signs, or `—` for an interval that cannot be computed (NaN: a seed-level interval over one
+    seed), so that a partial table does not print `[+nan, +nan]`."""
+    if math.isnan(low) or math.isnan(high):
+        return "—"
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
 def t_interval(values: Sequence[float]) -> tuple[float, float]:
     """The 95% Student t-interval of the mean of `values` (n - 1 degrees of freedom)."""
     values = np.asarray(values, dtype=np.float64)
@@ -144,9 +152,10 @@ class SeedLevelComparison:
     def describe(self) -> str:
         per_seed = ", ".join(f"{d:+.4f}" for d in self.per_seed_diff.values())
         return (
-            f"{self.mean_diff:+.4f}; seeds {self.seeds} ({per_seed}): t-interval [{self.t_low:+.4f}, "
-            f"{self.t_high:+.4f}], two-level bootstrap [{self.boot_low:+.4f}, {self.boot_high:+.4f}]; rows "
-            f"[{self.row_low:+.4f}, {self.row_high:+.4f}] ({self.n_rows} rows)"
+            f"{self.mean_diff:+.4f}; seeds {self.seeds} ({per_seed}): t-interval "
+            f"{format_interval(self.t_low, self.t_high)}, two-level bootstrap "
+            f"{format_interval(self.boot_low, self.boot_high)}; rows {format_interval(self.row_low, self.row_high)} "
+            f"({self.n_rows} rows)"
         )
 
 
@@ -239,7 +248,7 @@ def judge_ordering(
     evidence = comparison.describe()
     if valid_ratio is not None:
         evidence += (
-            f"; ValidRatio {valid_ratio.mean_diff:+.4f} [{valid_ratio.row_low:+.4f}, {valid_ratio.row_high:+.4f}]"
+            f"; ValidRatio {valid_ratio.mean_diff:+.4f} {format_interval(valid_ratio.row_low, valid_ratio.row_high)}"
         )
     for method in (a, b):
         if (
@@ -365,10 +374,10 @@ def verdicts_markdown(verdicts: Sequence[OrderingVerdict]) -> str:
         ratio = "—"
         if v.valid_ratio is not None:
             r = v.valid_ratio
-            ratio = f"{r.mean_diff:+.4f} [{r.row_low:+.4f}, {r.row_high:+.4f}]"
+            ratio = f"{r.mean_diff:+.4f} {format_interval(r.row_low, r.row_high)}"
         lines.append(
-            f"| {a_b} | {metric} | {c.mean_diff:+.4f} | {per_seed} | [{c.t_low:+.4f}, {c.t_high:+.4f}] | "
-            f"[{c.boot_low:+.4f}, {c.boot_high:+.4f}] | [{c.row_low:+.4f}, {c.row_high:+.4f}] | {ratio} | "
+            f"| {a_b} | {metric} | {c.mean_diff:+.4f} | {per_seed} | {format_interval(c.t_low, c.t_high)} | "
+            f"{format_interval(c.boot_low, c.boot_high)} | {format_interval(c.row_low, c.row_high)} | {ratio} | "
             f"{v.verdict} |"
         )
     return "\n".join(lines)
