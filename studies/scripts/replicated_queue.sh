@@ -47,5 +47,10 @@ python studies/scripts/replicated_choice.py --scratch "$SCRATCH"
 SDPO_LR=$(python -c "from trl_sdpo.rec.study.config import load_experiment_config as load
 print(load('examples/configs/movielens.yaml', 'study-replicated', check_paths=False).methods['sdpo'].settings.learning_rate)")
 if [ "$SDPO_LR" = "0.0001" ]; then experiment test 0 dpo-pairs,random,popular; else experiment test 0 sdpo,dpo-pairs,random,popular; fi
-for seed in 1 2; do experiment test "$seed" sdpo,dpo-pairs,dpo,sft-continued,random,popular; done
+# Cheapest first, one call each, so that a sitting lands what it can finish: on a fresh machine a seed's SFT model is
+# trained again first (about 1.5-2 h), and `sdpo` or `dpo-pairs` (reference log-probs of 3 negatives, then training and
+# evaluation: about 1.5-2 h) may not fit in what is left of it
+for seed in 1 2; do
+  for methods in random,popular sft-continued dpo sdpo dpo-pairs; do experiment test "$seed" "$methods"; done
+done
 echo "=== $(date -u +%FT%TZ) done"
