@@ -155,8 +155,9 @@ def reproduction_summary(directory: str | Path, seed0_directory: str | Path | No
     Returns `None` when the folder or its test runs are absent.
     """
     from ..rec.study import missing_runs, summary_table
+    from ..rec.study.analysis import format_interval
     from ..rec.study.claims import claim_check, describe_claims
-    from ..rec.study.replication import format_interval, load_pipeline_runs, replicated_verdicts
+    from ..rec.study.replication import load_pipeline_runs, replicated_verdicts
     from ..rec.study.report import summary_markdown
 
     runs = load_pipeline_runs(directory, seed0_directory, split="test")

@@ -252,6 +252,14 @@ def format_mean_std(pair: tuple[float, float], digits: int = 4, signed: bool = F
     return text if math.isnan(std) else f"{text} ± {std:.{digits}f}"
 
 
+def format_interval(low: float, high: float) -> str:
+    """`"[-0.0123, +0.0456]"`, or `"—"` for an interval that cannot be computed (NaN: a seed-level interval over one
+    seed), so that a partial table does not print `[+nan, +nan]`."""
+    if math.isnan(low) or math.isnan(high):
+        return "—"
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
 STAGES = ("train", "eval_generation", "eval_ranking", "eval_other_lists")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import CLAIM_METRICS, format_mean_std, mean_std, paired_bootstrap, runs_of
+from .analysis import CLAIM_METRICS, format_interval, format_mean_std, mean_std, paired_bootstrap, runs_of
 from .heldout import MIN_MARGIN, interval
 
 # The smallest advantage the study is sized to see (paired 95% intervals of about +-0.02 on the test rows)
@@ -119,7 +119,7 @@ def _ordering_part(runs, split, a, b, metric, n_boot, seed, moved: bool | None, 
         return ClaimPart(name, None, rule, f"no runs of {missing} on {split}", "runs missing")
     c = paired_bootstrap(runs, split, a, b, metric, n_boot=n_boot, seed=seed)
     evidence = (
-        f"difference {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}] over {c.n_rows} rows; "
+        f"difference {c.mean_diff:+.4f}, 95% CI {format_interval(c.ci_low, c.ci_high)} over {c.n_rows} rows; "
         f"per seed {format_mean_std((c.seed_mean, c.seed_sigma), signed=True)} (n={len(c.seeds)} seeds)"
     )
     if moved is False:
@@ -198,7 +198,7 @@ def claim_check(
             parts.append(ClaimPart(name, None, rule, f"no runs of sdpo or popular on {split}", "runs missing"))
             continue
         c = paired_bootstrap(runs, split, "sdpo", "popular", metric, n_boot=n_boot, seed=seed)
-        evidence = f"difference {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}] (seeds {c.seeds})"
+        evidence = f"difference {c.mean_diff:+.4f}, 95% CI {format_interval(c.ci_low, c.ci_high)} (seeds {c.seeds})"
         parts.append(ClaimPart(name, c.ci_low > 0, rule, evidence))
     return parts
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .analysis import paired_bootstrap
+from .analysis import format_interval, paired_bootstrap
 
 CURVE_METRIC = "ranking/ndcg@5"
 RULE = (
@@ -46,7 +46,7 @@ class CurvePick:
 
     def describe(self) -> str:
         lines = [
-            f"{s['from']} -> {s['to']} rows: NDCG@5 {s['diff']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]"
+            f"{s['from']} -> {s['to']} rows: NDCG@5 {s['diff']:+.4f} {format_interval(s['ci_low'], s['ci_high'])}"
             + (" improves" if s["improves"] else " does not improve")
             for s in self.steps
         ]

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import _paired_matrix, format_mean_std, load_study, mean_std, paired_bootstrap, runs_of
+from .analysis import _paired_matrix, format_interval, format_mean_std, load_study, mean_std, paired_bootstrap, runs_of
 from .claims import EFFECT, movement
 from .config import PREFERENCE_KINDS, RANKING_LOSS_OF_KIND
 
@@ -75,14 +75,6 @@ def t_quantile_975(df: int) -> float:
     if df < 1:
         raise ValueError(f"A t-interval needs at least 1 degree of freedom (2 values), got df={df}.")
     return _T_975[df - 1] if df <= len(_T_975) else 1.96
-
-
-def format_interval(low: float, high: float) -> str:
-    """`[low, high]` with signs, or `—` for an interval that cannot be computed (NaN: a seed-level interval over one
-    seed), so that a partial table does not print `[+nan, +nan]`."""
-    if math.isnan(low) or math.isnan(high):
-        return "—"
-    return f"[{low:+.4f}, {high:+.4f}]"
 
 
 def t_interval(values: Sequence[float]) -> tuple[float, float]:

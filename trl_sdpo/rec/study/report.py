@@ -16,6 +16,7 @@ from .analysis import (
     PairedComparison,
     compare_lists,
     compare_methods,
+    format_interval,
     format_mean_std,
     group_runs,
     load_study,
@@ -72,7 +73,7 @@ def comparisons_markdown(comparisons: Sequence[PairedComparison]) -> str:
             len(c.seeds),
             c.n_rows,
             f"{c.mean_diff:+.4f}",
-            f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+            format_interval(c.ci_low, c.ci_high),
             format_mean_std((c.seed_mean, c.seed_sigma)),
             "yes" if c.excludes_zero else "no",
         ]

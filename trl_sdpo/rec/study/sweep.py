@@ -13,7 +13,15 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .analysis import SUMMARY_METRICS, PairedComparison, compare_methods, group_runs, mean_std, paired_bootstrap
+from .analysis import (
+    SUMMARY_METRICS,
+    PairedComparison,
+    compare_methods,
+    format_interval,
+    group_runs,
+    mean_std,
+    paired_bootstrap,
+)
 
 SWEEP_PARAMETERS = {"num_negatives": "k", "beta": "beta"}
 SWEEP_METRICS = ("ranking/hr@1", "ranking/ndcg@5")
@@ -140,7 +148,7 @@ def describe_sweep(
         c = paired_bootstrap(runs, split, best["method"], lowest["method"], metric, n_boot=n_boot, seed=seed)
         verdict = "excludes 0" if c.excludes_zero else "includes 0: no value is shown better than the smallest"
         lines.append(
-            f"Best minus {name} = {lowest['value']:g}: {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+            f"Best minus {name} = {lowest['value']:g}: {c.mean_diff:+.4f}, 95% CI {format_interval(c.ci_low, c.ci_high)}"
             f" ({verdict}); per seed "
             + (
                 f"{c.seed_mean:+.4f} (one seed)."
