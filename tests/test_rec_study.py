@@ -427,6 +427,15 @@ def test_compare_methods_skips_pairs_not_run(tmp_path):
     ]
 
 
+def test_compare_methods_skips_pairs_that_share_no_seed_yet(tmp_path):
+    # A study part-way: sft-continued has landed at seed 1 only, sdpo and dpo at seed 0 only
+    write_run(tmp_path, "test", "sdpo", 0, [1, 2])
+    write_run(tmp_path, "test", "dpo", 0, [2, 2])
+    write_run(tmp_path, "test", "sft-continued", 1, [3, 3])
+    comparisons = compare_methods(load_study(tmp_path), "test", n_boot=100)
+    assert {(c.a, c.b) for c in comparisons} == {("sdpo", "dpo")}
+
+
 def test_results_markdown_carries_the_studys_notes(tmp_path):
     write_run(tmp_path, "valid", "sft", 0, [1, 2])
     assert "Sittings" not in results_markdown(tmp_path, n_boot=10)

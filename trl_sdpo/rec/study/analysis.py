@@ -567,11 +567,15 @@ def compare_methods(
         `list[PairedComparison]` in the order of `pairs`, then `metrics`.
     """
     runs = list(runs)
-    present = {r["method"] for r in runs if r["split"] == split}
+    seeds: dict[str, set[int]] = {}
+    for r in runs:
+        if r["split"] == split:
+            seeds.setdefault(r["method"], set()).add(r["seed"])
+    # A study part-way may hold two methods at different seeds only: nothing to pair yet, so no comparison
     return [
         paired_bootstrap(runs, split, a, b, metric, n_boot=n_boot, seed=seed)
         for a, b in pairs
-        if a in present and b in present
+        if seeds.get(a, set()) & seeds.get(b, set())
         for metric in metrics
     ]
 
