@@ -567,17 +567,22 @@ def compare_methods(
         `list[PairedComparison]` in the order of `pairs`, then `metrics`.
     """
     runs = list(runs)
-    seeds: dict[str, set[int]] = {}
-    for r in runs:
-        if r["split"] == split:
-            seeds.setdefault(r["method"], set()).add(r["seed"])
-    # A study part-way may hold two methods at different seeds only: nothing to pair yet, so no comparison
     return [
         paired_bootstrap(runs, split, a, b, metric, n_boot=n_boot, seed=seed)
         for a, b in pairs
-        if seeds.get(a, set()) & seeds.get(b, set())
+        if shared_seeds(runs, split, a, b)
         for metric in metrics
     ]
+
+
+def shared_seeds(runs: Iterable[dict[str, Any]], split: str, a: str, b: str) -> list[int]:
+    """The seeds at which both `a` and `b` have a run on `split`: what [`paired_bootstrap`] can pair. Empty when either
+    is missing, or when a study part-way holds them at different seeds only."""
+    seeds: dict[str, set[int]] = {a: set(), b: set()}
+    for r in runs:
+        if r["split"] == split and r["method"] in seeds:
+            seeds[r["method"]].add(r["seed"])
+    return sorted(seeds[a] & seeds[b])
 
 
 # ------------------------------------------------------------------------------------------ other candidate lists

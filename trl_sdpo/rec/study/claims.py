@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import CLAIM_METRICS, format_interval, format_mean_std, mean_std, paired_bootstrap, runs_of
+from .analysis import (
+    CLAIM_METRICS,
+    format_interval,
+    format_mean_std,
+    mean_std,
+    paired_bootstrap,
+    runs_of,
+    shared_seeds,
+)
 from .heldout import MIN_MARGIN, interval
 
 # The smallest advantage the study is sized to see (paired 95% intervals of about +-0.02 on the test rows)
@@ -113,10 +121,8 @@ def _ordering_part(runs, split, a, b, metric, n_boot, seed, moved: bool | None, 
         "holds: seed-mean difference > 2 seed-sigma (>= 2 seeds) and the paired 95% interval above 0; does not "
         f"hold: the interval below +{effect}; otherwise not tested"
     )
-    present = {r["method"] for r in runs if r["split"] == split}
-    if a not in present or b not in present:
-        missing = [m for m in (a, b) if m not in present]
-        return ClaimPart(name, None, rule, f"no runs of {missing} on {split}", "runs missing")
+    if not shared_seeds(runs, split, a, b):
+        return ClaimPart(name, None, rule, f"no seed with runs of both {a} and {b} on {split}", "runs missing")
     c = paired_bootstrap(runs, split, a, b, metric, n_boot=n_boot, seed=seed)
     evidence = (
         f"difference {c.mean_diff:+.4f}, 95% CI {format_interval(c.ci_low, c.ci_high)} over {c.n_rows} rows; "
@@ -193,9 +199,10 @@ def claim_check(
     for metric in CLAIM_METRICS:
         name = f"sdpo > popular on {metric}"
         rule = "the paired 95% interval of sdpo - popular above 0"
-        present = {r["method"] for r in runs if r["split"] == split}
-        if not {"sdpo", "popular"} <= present:
-            parts.append(ClaimPart(name, None, rule, f"no runs of sdpo or popular on {split}", "runs missing"))
+        if not shared_seeds(runs, split, "sdpo", "popular"):
+            parts.append(
+                ClaimPart(name, None, rule, f"no seed with runs of both sdpo and popular on {split}", "runs missing")
+            )
             continue
         c = paired_bootstrap(runs, split, "sdpo", "popular", metric, n_boot=n_boot, seed=seed)
         evidence = f"difference {c.mean_diff:+.4f}, 95% CI {format_interval(c.ci_low, c.ci_high)} (seeds {c.seeds})"
